@@ -1,0 +1,47 @@
+"""Shared fixtures: an isolated data folder per test session, a tiny model, single-threaded torch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Torch with 2 threads runs 5-10x slower than with 1 when other processes load the 2 cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import tasks  # noqa: E402  (switches telemetry off before the libraries load)
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_data_dir(tmp_path_factory):
+    """Every test session keeps its MLflow store, caches and indexes in a fresh folder."""
+    folder = tmp_path_factory.mktemp("ftllm-data")
+    previous = {k: os.environ.get(k) for k in ("FTLLM_DATA_DIR", "MLFLOW_TRACKING_URI")}
+    os.environ["FTLLM_DATA_DIR"] = str(folder)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    import torch
+
+    torch.set_num_threads(1)
+    yield folder
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tests.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"../shared/data is missing ({SHARED_DATA}): the tests read real data from it")
+    return SHARED_DATA
