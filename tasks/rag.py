@@ -1,0 +1,164 @@
+"""Answer questions from the indexed PDFs: retrieve (hybrid BM25 + vectors, fused), prompt, cite.
+
+`retrieve(question, config, k)` returns the top-k chunks as plain dicts
+`{"source", "page", "chunk_id", "score", "text"}`; `answer_question(question, config, k)` adds the
+chat model's answer, which cites pages as `[paper.pdf p.3]`. Both read the index that the
+`pdf-index` flow wrote (same `store` and `embeddings` options).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from langchain_core.documents import Document
+
+from tasks.config import option, require
+from tasks.indexing import Catalog, EmbeddingOptions, citation, make_embeddings
+from tasks.llms import ChatModelOptions, make_chat_model
+from tasks.vectorstores import StoreOptions, index_location, make_vector_store, records_path, similarity_search
+
+NOT_IN_CONTEXT = "The documents do not say."
+
+
+class RagError(RuntimeError):
+    """Retrieval cannot run (no index yet, store unreachable); the message says what to do."""
+
+
+@dataclass
+class RetrievalOptions:
+    k: int = option(5, help="chunks given to the model (and scored by rag-eval)")
+    mode: Literal["hybrid", "vector", "keyword"] = option(
+        "hybrid", help="hybrid: BM25 keyword and vector results fused by reciprocal rank; or one of them alone")
+    search: Literal["similarity", "mmr"] = option("similarity", help="vector search: plain similarity, or "
+                                                                    "maximal marginal relevance (more diverse)")
+    fetch_k: int = option(30, help="candidates taken from each retriever before fusing")
+    rrf_k: int = option(60, help="reciprocal rank fusion constant: score = sum of 1 / (rrf_k + rank)")
+    keyword_weight: float = option(1.0, help="weight of the BM25 ranking in the fusion (vector ranking: 1)")
+
+    def __post_init__(self) -> None:
+        require(self.k >= 1, "retrieval.k", f"must be at least 1, got {self.k}")
+        require(self.fetch_k >= self.k, "retrieval.fetch_k", f"must be >= retrieval.k={self.k}, got {self.fetch_k}")
+        require(self.rrf_k >= 0, "retrieval.rrf_k", f"must be >= 0, got {self.rrf_k}")
+        require(self.keyword_weight >= 0, "retrieval.keyword_weight", f"must be >= 0, got {self.keyword_weight}")
+
+
+@dataclass
+class RagConfig:
+    store: StoreOptions = field(default_factory=StoreOptions)
+    embeddings: EmbeddingOptions = field(default_factory=EmbeddingOptions)
+    retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
+    llm: ChatModelOptions = field(default_factory=ChatModelOptions)
+
+
+# --- the index, opened once per process ------------------------------------------------------
+
+
+def _key(*options: Any) -> str:
+    return json.dumps([asdict(o) for o in options], sort_keys=True)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_index(key: str):
+    store_dict, embed_dict = json.loads(key)
+    store, embeddings = StoreOptions(**store_dict), EmbeddingOptions(**embed_dict)
+    catalog = Catalog(records_path(store), store.collection)
+    return make_vector_store(store, make_embeddings(embeddings)), catalog
+
+
+def open_index(config: RagConfig):
+    """(vector store, catalog) for the configured index; RagError when nothing was indexed there yet."""
+    vector_store, catalog = _open_index(_key(config.store, config.embeddings))
+    if not catalog.sources():
+        raise RagError(f"the index {index_location(config.store)} (collection {config.store.collection}) holds no "
+                       "documents yet: run python -m flows.pdf_index --source <pdf, folder or URL> first")
+    return vector_store, catalog
+
+
+# --- retrieval --------------------------------------------------------------------------------
+
+
+def reciprocal_rank_fusion(rankings: list[tuple[list[Document], float]], rrf_k: int) -> list[tuple[Document, float]]:
+    """Fuse ranked lists (each with a weight) by chunk id: score = sum of weight / (rrf_k + rank)."""
+    scores: dict[str, float] = {}
+    docs: dict[str, Document] = {}
+    for ranked, weight in rankings:
+        for rank, doc in enumerate(ranked, start=1):
+            cid = doc.metadata["chunk_id"]
+            scores[cid] = scores.get(cid, 0.0) + weight / (rrf_k + rank)
+            docs.setdefault(cid, doc)
+    order = sorted(scores, key=lambda cid: scores[cid], reverse=True)
+    return [(docs[cid], scores[cid]) for cid in order]
+
+
+def as_source(doc: Document, score: float | None) -> dict[str, Any]:
+    meta = doc.metadata
+    return {"source": meta["source"], "page": int(meta["page"]), "chunk_id": meta["chunk_id"],
+            "score": None if score is None else round(float(score), 6), "text": doc.page_content}
+
+
+def retrieve(question: str, config: RagConfig, k: int | None = None) -> list[dict[str, Any]]:
+    """The top-k chunks for a question, best first, as source dicts."""
+    if not question or not question.strip():
+        raise ValueError("the question is empty")
+    options = config.retrieval
+    k = k or options.k
+    vector_store, catalog = open_index(config)
+    if options.mode == "keyword":
+        ranked = catalog.keyword_search(question, k)
+    elif options.mode == "vector":
+        ranked = similarity_search(vector_store, question, k, options.search, options.fetch_k)
+    else:
+        fetch_k = max(options.fetch_k, k)
+        by_vector = [doc for doc, _ in similarity_search(vector_store, question, fetch_k, options.search, fetch_k * 2)]
+        by_keyword = [doc for doc, _ in catalog.keyword_search(question, fetch_k)]
+        ranked = reciprocal_rank_fusion([(by_vector, 1.0), (by_keyword, options.keyword_weight)], options.rrf_k)
+    return [as_source(doc, score) for doc, score in ranked[:k]]
+
+
+# --- the answer -------------------------------------------------------------------------------
+
+SYSTEM_PROMPT = (
+    "You answer questions using only the context below, which consists of numbered excerpts from "
+    "documents, each headed by its citation like [paper.pdf p.3]. Answer briefly, and after each "
+    "statement cite the excerpt it comes from, copying its citation exactly. If the context does not "
+    f"contain the answer, reply exactly: {NOT_IN_CONTEXT}"
+)
+
+
+def make_prompt():
+    from langchain_core.prompts import ChatPromptTemplate
+
+    return ChatPromptTemplate.from_messages([
+        ("system", SYSTEM_PROMPT + "\n\nContext:\n{context}"),
+        ("human", "{question}"),
+    ])
+
+
+def format_context(sources: list[dict[str, Any]]) -> str:
+    return "\n\n".join(f"({i}) {citation(s['source'], s['page'])}\n{s['text']}" for i, s in enumerate(sources, 1))
+
+
+CITATION_PATTERN = re.compile(r"\[[^\[\]\n]+? p\.\s?\d+\]")
+
+
+def with_citations(answer: str, sources: list[dict[str, Any]]) -> str:
+    """The model's answer; when it cited nothing (small models often don't), the pages it was given."""
+    answer = answer.strip()
+    if not sources or CITATION_PATTERN.search(answer) or answer.startswith(NOT_IN_CONTEXT):
+        return answer
+    cited = list(dict.fromkeys(citation(s["source"], s["page"]) for s in sources))
+    return f"{answer}\n\nSources: {' '.join(cited)}"
+
+
+def answer_question(question: str, config: RagConfig, k: int | None = None) -> dict[str, Any]:
+    """{"answer": text with [file p.N] citations, "sources": the retrieved chunks}."""
+    sources = retrieve(question, config, k)
+    if not sources:
+        return {"answer": NOT_IN_CONTEXT, "sources": []}
+    chain = make_prompt() | make_chat_model(config.llm)
+    reply = chain.invoke({"context": format_context(sources), "question": question.strip()})
+    return {"answer": with_citations(reply.text, sources), "sources": sources}
