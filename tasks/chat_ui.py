@@ -448,10 +448,11 @@ class ChatService:
 # --- the Gradio app -----------------------------------------------------------------------------
 
 
-def build_app(config: ChatAppConfig, service: ChatService | None = None):
-    """The Blocks app; `service` is passed in by callers that want to look at its models or sessions."""
+def build_app(config: ChatAppConfig, service: ChatService | None = None, choices: list[str] | None = None):
+    """The Blocks app. `service` is passed in by callers that want to preload models or look at
+    sessions; `choices` by callers that listed the picker's choices already."""
     service = service or ChatService(config)
-    choices = model_choices(config)
+    choices = choices if choices is not None else model_choices(config)
     labelled = [(choice_label(c), c) for c in choices]
     default = config.models[0]
     compare_default = next((c for c in choices if c != default and c != DOCUMENTS), default)
@@ -570,8 +571,23 @@ def check_port_free(host: str, port: int) -> None:
 
 def launch(app, config: ChatAppConfig) -> str:
     """Serve the app in background threads; returns its URL. share stays off: no public tunnel."""
+    from tasks.secrets import install_redaction
+
     check_port_free(config.server.host, config.server.port)
+    auth = resolve_auth(config.server)
+    if auth:
+        install_redaction(auth[1])  # the password never reaches a log, even from a library
     app.launch(server_name=config.server.host, server_port=config.server.port, share=False,
-               auth=resolve_auth(config.server), prevent_thread_lock=True, quiet=True,
+               auth=auth, prevent_thread_lock=True, quiet=True,
                show_error=True, footer_links=["api"])
     return f"http://{config.server.host}:{config.server.port}/"
+
+
+def serve_until_stopped(app, seconds: float | None = None) -> None:
+    """Block while the app serves: forever (until the process is stopped or cancelled) or `seconds`."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    try:
+        while app.is_running and (deadline is None or time.monotonic() < deadline):
+            time.sleep(0.5)
+    finally:
+        app.close()  # frees the port at once, also when a cancellation interrupts the wait
