@@ -313,6 +313,10 @@ def _publish_hub(folder: Path, repo_id: str, private: bool, token: str | None) -
                                    commit_message="Upload adapter (finetuning-llm)")
     except HfHubHTTPError as error:
         raise _hub_error(error, repo_id, "upload to") from None
+    except OSError as error:  # hf_xet reports its failures as ConnectionError, outside HfHubHTTPError
+        hint = (" (this endpoint does not speak Xet: set HF_HUB_DISABLE_XET=1 to upload through LFS)"
+                if "xet" in str(error).lower() else "")
+        raise PublishError(f"the upload to {repo_id} failed: {str(error).splitlines()[0]}{hint}") from None
     sha = commit.oid
     log.info("published to the Hub: %s at commit %s", repo_id, sha)
     return Published(uri=f"hf://{repo_id}@{sha}", location=commit.commit_url)
@@ -436,10 +440,10 @@ def _fetch_mlflow(target: _Target, dest: Path | None) -> Path:
                 raise PublishError(f"{label}: the registry has no versions of {target.name}")
             version = max(versions, key=lambda v: int(v.version))
         folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source,
-                                                     dst_path=str(dest or _fresh_dir(f"mlflow-{target.name}")))
+                                                     dst_path=str(_fresh_dir(f"mlflow-{target.name}")))
     except MlflowException as error:
         raise PublishError(f"{label}: {error.message}") from None
-    return Path(folder)
+    return _place(Path(folder), dest)
 
 
 # --- verify -------------------------------------------------------------------------------------
