@@ -54,10 +54,14 @@ class RedactSecrets(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not _secrets:
             return True
-        message = record.getMessage()  # msg % args, rendered once so a secret split across both is caught
+        try:
+            message = record.getMessage()  # msg % args, rendered once: a secret in either is caught
+        except Exception:  # a malformed call (args not matching msg): logging reports it later, as usual
+            message = None
+        if message is not None:
+            record.msg, record.args = redact(message), None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
-        record.msg, record.args = redact(message), None
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
