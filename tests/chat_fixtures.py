@@ -1,0 +1,92 @@
+"""Fixtures of the chat-app tests: a served app on 127.0.0.1 with small local models.
+
+- `slow_model_dir`: the tiny model's tokenizer on a deeper (16-layer) random model that never
+  emits an end-of-sequence token, so a long reply reliably runs for seconds and Stop lands mid-reply.
+- `broken_model_dir`: a model folder whose config.json is corrupt: loading it fails.
+- `chat_server`: the real app (tasks.chat_ui.build_app + launch) serving those models and the tiny one.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def build_slow_model(tokenizer_dir: Path, folder: Path) -> Path:
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=256, intermediate_size=512, num_hidden_layers=16,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                         max_position_embeddings=4096, eos_token_id=None, bos_token_id=None,
+                         pad_token_id=tokenizer.pad_token_id)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config.eos_token_id = None  # never ends on its own: only max_new_tokens or Stop
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def slow_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    return build_slow_model(tiny_model_dir, tmp_path_factory.mktemp("slow") / "slow-qwen2")
+
+
+@pytest.fixture(scope="session")
+def broken_model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("broken") / "broken-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{ this is not json")
+    return folder
+
+
+@dataclass
+class ChatServer:
+    url: str
+    port: int
+    app: object
+    service: object  # tasks.chat_ui.ChatService
+    tiny: str
+    slow: str
+    broken: str
+
+
+@pytest.fixture(scope="session")
+def chat_server(tiny_model_dir, slow_model_dir, broken_model_dir):
+    from tasks.chat_ui import ChatAppConfig, ChatService, SamplingOptions, ServerOptions, build_app, launch
+
+    tiny, slow, broken = str(tiny_model_dir), str(slow_model_dir), str(broken_model_dir)
+    config = ChatAppConfig(server=ServerOptions(port=free_port(), concurrency_limit=4),
+                           models=[tiny, slow, broken], list_registry=False,
+                           sampling=SamplingOptions(max_new_tokens=24),
+                           privacy_policy_url="https://example.org/chat-privacy")
+    service = ChatService(config)
+    app = build_app(config, service)
+    url = launch(app, config)
+    yield ChatServer(url=url, port=config.server.port, app=app, service=service, tiny=tiny, slow=slow,
+                     broken=broken)
+    app.close()
