@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-from tasks.config import data_dir, flatten
+from tasks.config import PROJECT_ROOT, data_dir, flatten
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ ACCEPTED_FORMS = ("hf://ORG/NAME (the Hugging Face Hub), mlflow://NAME (the MLfl
 FETCH_FORMS = ("hf://ORG/NAME[@REVISION], mlflow://NAME[/VERSION | @ALIAS] or file:///ABSOLUTE/PATH")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER_VOCABULARIES = {"tokenizer.json", "vocab.json"}
 MLFLOW_ARTIFACT_PATH = "adapter"
 
 # The Hub's own rules for a repo id: ORG/NAME, letters, digits, '-', '_', '.', at most 96 each.
@@ -48,8 +49,16 @@ _MLFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 _MLFLOW_ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
 
 
-class PublishError(RuntimeError):
-    """Publishing or fetching failed; the message names the URI and never holds a token."""
+class PublishError(ValueError):
+    """A URI, credential or destination that cannot work; the message names it and never holds a token.
+
+    A ValueError, so the flows' retry condition does not retry it: it would fail the same way.
+    Transient failures (network, Hub 5xx) keep their own types (OSError subclasses) and are retried.
+    """
+
+
+class VerificationError(PublishError):
+    """The published adapter, fetched back, is not the adapter that was trained."""
 
 
 @dataclass(frozen=True)
@@ -246,26 +255,55 @@ def _check_adapter_dir(adapter_dir: Path) -> Path:
     return adapter_dir
 
 
+def _is_local_path(value: Any) -> bool:
+    """A path on this machine (absolute or ~), as opposed to a Hub id, a URI or a plain word."""
+    if not isinstance(value, str) or len(value) < 2 or "\n" in value:
+        return False
+    if value.startswith("~"):
+        return True
+    roots = (str(Path.home()), tempfile.gettempdir(), str(data_dir()), str(PROJECT_ROOT))
+    return os.path.isabs(value) and (os.path.exists(value) or value.startswith(roots))
+
+
+def _without_local_paths(value: Any, where: str, dropped: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_local_paths(v, f"{where}.{k}", dropped) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_local_paths(v, f"{where}[{i}]", dropped) for i, v in enumerate(value)]
+    if _is_local_path(value):
+        dropped.append(where)
+        return None
+    return value
+
+
 def _stage(adapter_dir: Path, card: str, hub_base: str | None, for_hub: bool) -> Path:
     """A copy of the adapter folder with the card as README.md (PEFT writes its own, with local paths).
 
-    For the Hub, `base_model_name_or_path` in adapter_config.json becomes the base's Hub id, or is
-    cleared when that is unknown: a local path there is useless to anyone else and leaks a path.
+    For the Hub, `base_model_name_or_path` in adapter_config.json becomes the base's Hub id, and any
+    other local path in the small JSON files (the flows' own records included) is cleared: a path
+    on this machine is useless to anyone else and leaks a user's disk layout.
     """
     staging = Path(tempfile.mkdtemp(prefix="ftllm-publish-"))
     shutil.copytree(adapter_dir, staging, dirs_exist_ok=True)
     (staging / "README.md").write_text(card, encoding="utf-8")
-    if for_hub:
-        config_path = staging / ADAPTER_CONFIG
-        adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-        declared = adapter_config.get("base_model_name_or_path")
-        if hub_base:
-            adapter_config["base_model_name_or_path"] = hub_base
-        elif declared and not is_hub_id(declared):
-            log.warning("the base model has no known Hub id: base_model_name_or_path is cleared in the "
-                        "published adapter_config.json (set model.hub_id to record it)")
-            adapter_config["base_model_name_or_path"] = None
-        config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    if not for_hub:
+        return staging
+    config_path = staging / ADAPTER_CONFIG
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    if hub_base:
+        adapter_config["base_model_name_or_path"] = hub_base
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    dropped: list[str] = []
+    for path in sorted(staging.glob("*.json")):
+        if path.name in TOKENIZER_VOCABULARIES:  # token strings, not settings (a token may well be "/usr")
+            continue
+        original = json.loads(path.read_text(encoding="utf-8"))
+        cleaned = _without_local_paths(original, path.name, dropped)
+        if cleaned != original:
+            path.write_text(json.dumps(cleaned, indent=2) + "\n", encoding="utf-8")
+    if dropped:
+        log.warning("local paths cleared from what goes to the Hub: %s%s", ", ".join(dropped),
+                    "" if hub_base else " (set model.hub_id to record the base model's Hub id)")
     return staging
 
 
@@ -288,15 +326,15 @@ def publish_adapter(adapter_dir: Path, uri: str, card: str, private: bool = True
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _hub_error(error: Exception, repo_id: str, action: str) -> PublishError:
+def _refused(error: Exception, repo_id: str, action: str, access: str = "write") -> PublishError | None:
+    """A PublishError for an authorization failure (401/403); None for anything else (kept as it is)."""
     status = getattr(getattr(error, "response", None), "status_code", None)
-    if status in (401, 403):
-        return PublishError(
-            f"the Hub refused to {action} {repo_id} (HTTP {status}): the token has no write access to {repo_id} "
-            "(anonymous, read-only, or not a member of that namespace); use a token with write access "
-            "(HF_TOKEN or the Prefect Secret block named in publish.token_secret)")
-    server = str(error).splitlines()[0] if str(error) else type(error).__name__
-    return PublishError(f"the Hub failed to {action} {repo_id}: {server}")
+    if status not in (401, 403):
+        return None
+    return PublishError(
+        f"the Hub refused to {action} {repo_id} (HTTP {status}): the token has no {access} access to {repo_id} "
+        f"(anonymous, read-only, or not a member of that namespace); use a token with {access} access "
+        "(HF_TOKEN or the Prefect Secret block named in publish.token_secret)")
 
 
 def _publish_hub(folder: Path, repo_id: str, private: bool, token: str | None) -> Published:
@@ -307,16 +345,17 @@ def _publish_hub(folder: Path, repo_id: str, private: bool, token: str | None) -
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     except HfHubHTTPError as error:
-        raise _hub_error(error, repo_id, "create") from None
+        raise (_refused(error, repo_id, "create") or error) from None
     try:
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
                                    commit_message="Upload adapter (finetuning-llm)")
     except HfHubHTTPError as error:
-        raise _hub_error(error, repo_id, "upload to") from None
-    except OSError as error:  # hf_xet reports its failures as ConnectionError, outside HfHubHTTPError
-        hint = (" (this endpoint does not speak Xet: set HF_HUB_DISABLE_XET=1 to upload through LFS)"
-                if "xet" in str(error).lower() else "")
-        raise PublishError(f"the upload to {repo_id} failed: {str(error).splitlines()[0]}{hint}") from None
+        raise (_refused(error, repo_id, "upload to") or error) from None
+    except ConnectionError as error:  # hf_xet's failures: a ConnectionError naming the xet route
+        if "xet" not in str(error).lower() or "501" not in str(error):
+            raise
+        raise PublishError(f"the upload to {repo_id} failed: this Hub endpoint does not speak Xet "
+                           f"({str(error).splitlines()[0]}); set HF_HUB_DISABLE_XET=1 to upload through LFS") from None
     sha = commit.oid
     log.info("published to the Hub: %s at commit %s", repo_id, sha)
     return Published(uri=f"hf://{repo_id}@{sha}", location=commit.commit_url)
@@ -414,7 +453,7 @@ def _fetch_hub(target: _Target, token: str | None, dest: Path | None) -> Path:
     except RepositoryNotFoundError:
         raise PublishError(f"hf://{target.name}: repo not found, or the token cannot read it") from None
     except HfHubHTTPError as error:
-        raise _hub_error(error, target.name, "download") from None
+        raise (_refused(error, target.name, "download", access="read") or error) from None
     return _place(Path(folder), dest)
 
 

@@ -46,6 +46,8 @@ def trained(tiny_model_dir, tmp_path_factory):
     adapter_dir = tmp_path_factory.mktemp("adapter") / "tiny-lora"
     model.save_pretrained(adapter_dir)
     tokenizer.save_pretrained(adapter_dir)
+    # What the flows record beside the adapter: the base as it was named on this machine.
+    (adapter_dir / "ftllm.json").write_text(json.dumps({"base_model": base_path, "flow": "lora-finetune"}))
     return model, tokenizer, base_path, adapter_dir
 
 
@@ -103,7 +105,7 @@ print("PUBLISHED " + json.dumps({"uri": published.uri, "location": published.loc
 
 
 def _publish_to_hub(hub: HubServer, adapter_dir: Path, uri: str, card: str, tmp_path: Path,
-                    token: str | None) -> tuple[publish.Published | str, str]:
+                    token: str | None, xet: bool = False) -> tuple[publish.Published | str, str]:
     """Run publish_adapter as a user's run does: a process whose environment points at the Hub.
 
     (Published or the PublishError message, everything the process printed.) huggingface_hub reads
@@ -112,7 +114,8 @@ def _publish_to_hub(hub: HubServer, adapter_dir: Path, uri: str, card: str, tmp_
     """
     card_file = tmp_path / "card.md"
     card_file.write_text(card, encoding="utf-8")
-    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(tmp_path / "hf-home"),
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_XET": "0" if xet else "1",
+           "HF_HOME": str(tmp_path / "hf-home"),
            "PYTHONPATH": str(PROJECT_ROOT), "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     env.pop("HF_TOKEN", None)
     if token is not None:
@@ -148,6 +151,8 @@ def test_hub_publish_fetch_verify(trained, hub, card, tmp_path, tiny_model_dir, 
     fetched = publish.fetch_adapter(published.uri, token=hub.read_token)
     config = json.loads((fetched / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == BASE_HUB_ID  # never the local path
+    assert json.loads((fetched / "ftllm.json").read_text()) == {"base_model": None, "flow": "lora-finetune"}
+    assert (fetched / "tokenizer.json").read_bytes() == (adapter_dir / "tokenizer.json").read_bytes()
     _no_local_paths(fetched, tiny_model_dir, adapter_dir, tmp_path)
     assert any(r.path.startswith("/lfs-cdn/") and r.host.startswith("localhost") for r in hub.requests())
     _assert_verified(trained, fetched)
@@ -176,6 +181,11 @@ def test_hub_read_only_and_anonymous_tokens_are_refused(trained, hub, card, tmp_
     assert "test-org/never-created" not in hub.state.repos and "test-org/anon" not in hub.state.repos
     assert hub.head("test-org/existing") == HfApi(endpoint=hub.url, token=hub.read_token).repo_info(
         "test-org/existing").sha  # nothing was committed
+
+
+def test_hub_upload_through_xet_fails_with_a_hint(trained, hub, card, tmp_path):
+    error, _ = _publish_to_hub(hub, trained[3], "hf://test-org/via-xet", card, tmp_path, hub.write_token, xet=True)
+    assert isinstance(error, str) and "does not speak Xet" in error and "HF_HUB_DISABLE_XET=1" in error
 
 
 def test_hub_fetch_errors_name_the_uri(hub, monkeypatch):
