@@ -533,12 +533,19 @@ def verify_adapter(trained_model, tokenizer, base_model_path: str, fetched_dir: 
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[parameter.dtype]
     placement = Placement("cuda" if parameter.device.type == "cuda" else "cpu", precision)
     reloaded = PeftModel.from_pretrained(load_causal_lm(base_model_path, placement), fetched_dir).eval()
+    # Same precision, parameter by parameter: training may have upcast some (norms to fp32 under bf16).
+    trained_dtypes = {name: p.dtype for name, p in trained_model.named_parameters()}
+    for name, p in reloaded.named_parameters():
+        if name in trained_dtypes and p.dtype != trained_dtypes[name]:
+            p.data = p.data.to(trained_dtypes[name])
 
     modes = {module: module.training for module in trained_model.modules()}
     trained_model.eval()
     max_diff, sample = 0.0, ""
+    # Half-precision training runs under autocast (norms upcast to fp32): so do both forward passes here.
+    half = parameter.dtype in (torch.bfloat16, torch.float16)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(parameter.device.type, dtype=parameter.dtype, enabled=half):
             for prompt in probe_prompts:
                 ids = _probe_ids(tokenizer, prompt, parameter.device)
                 expected = trained_model(input_ids=ids).logits.float()

@@ -261,6 +261,26 @@ def test_file_publish_overwrites_atomically_and_tampering_fails(trained, card, t
     assert not missing.passed and "adapter_model.safetensors is missing" in missing.reason
 
 
+def test_verify_a_bf16_adapter_trained_under_autocast(tiny_model_dir, tmp_path):
+    """Half-precision training upcasts the norms to fp32: the model only runs under autocast."""
+    import torch
+
+    from tasks.models import freeze_and_apply_lora, load_base_model, resolve_placement
+
+    model, tokenizer, base_path = load_base_model(str(tiny_model_dir), resolve_placement("cpu", "bf16"))
+    model = freeze_and_apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["all-linear"])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = tokenizer("Computers run programs written by people.", return_tensors="pt").input_ids
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    model.save_pretrained(tmp_path / "bf16-adapter")
+    result = publish.verify_adapter(model, tokenizer, base_path, tmp_path / "bf16-adapter", PROBES[:1])
+    assert result.passed, result.reason
+    assert model.training  # get_peft_model leaves it in train mode; verification restored that
+
+
 @pytest.mark.parametrize("uri", [
     "hf://just-a-name", "hf://org/name@main", "hf://org/na me", "hf://org/-bad", "s3://bucket/adapter",
     "mlflow://", "mlflow://name/1", "mlflow://name@champion", "file://relative/path", "file:///",
