@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -491,7 +492,8 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
             max_new_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=s.max_new_tokens, step=1, label="Max new tokens",
                                        elem_id="max-new-tokens")
         with gr.Accordion("Generation log (this session)", open=False, elem_id="generation-log-box"):
-            generation_log = gr.JSON(value=[], elem_id="generation-log")
+            generation_log = gr.Textbox("[]", show_label=False, lines=6, max_lines=24, interactive=False,
+                                        elem_id="generation-log")
         gr.Markdown(f"{config.disclaimer}\n\n[Privacy policy]({config.privacy_policy_url})",
                     elem_id="disclaimer")
 
@@ -522,12 +524,13 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
         def take_message(message: str):
             return "", message
 
-        def stop_replies(request: gr.Request):
+        def stop_replies(request: gr.Request) -> str:
+            """Stop this session's replies; returns its generation log (JSON) once their threads ended."""
             service.sessions.stop(request.session_hash)
-            return service.sessions.log(request.session_hash)
+            return show_log(request)
 
-        def show_log(request: gr.Request):
-            return service.sessions.log(request.session_hash)
+        def show_log(request: gr.Request) -> str:
+            return json.dumps(service.sessions.log(request.session_hash), indent=1)
 
         def refresh_choices():
             fresh = [(choice_label(c), c) for c in model_choices(config)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -197,7 +198,7 @@ def test_the_stop_endpoint_stops_this_session_only(chat_server):
     deadline = time.monotonic() + 60
     while len(a.outputs()) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    log = alice.predict(api_name="/stop")  # returns once alice's generation thread has ended
+    log = json.loads(alice.predict(api_name="/stop"))  # returns once alice's generation thread ended
     assert log[-1]["status"] == "stopped" and log[-1]["model"] == chat_server.slow
     assert chat_server.service.sessions.running_count(alice.session_hash) == 0
     b_history, _ = b.result(timeout=60)
