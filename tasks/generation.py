@@ -184,9 +184,12 @@ def load_chat_model(choice: str, placement=None, max_context: int = DEFAULT_MAX_
 
 
 def _render(tokenizer, messages: list[dict]) -> list[int]:
-    # transformers 5 returns a BatchEncoding unless return_dict=False.
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                              return_dict=False))
+    try:
+        # transformers 5 returns a BatchEncoding unless return_dict=False.
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False))
+    except Exception as error:  # jinja2's TemplateError: e.g. a template without a system role
+        raise ValueError(f"the model's chat template rejected the conversation: {error}") from error
 
 
 def _truncate_last_message(tokenizer, head: list[dict], last: dict, budget: int) -> list[int]:
@@ -201,7 +204,7 @@ def _truncate_last_message(tokenizer, head: list[dict], last: dict, budget: int)
     keep = budget - overhead
     # Re-tokenizing decoded text can merge differently: shrink until the rendered prompt fits.
     while True:
-        text = tokenizer.decode(content_ids[len(content_ids) - keep:] if keep > 0 else [],
+        text = tokenizer.decode(content_ids[max(0, len(content_ids) - keep):] if keep > 0 else [],
                                 skip_special_tokens=True)
         ids = _render(tokenizer, [*head, {**last, "content": text}])
         if len(ids) <= budget or keep <= 0:
@@ -285,16 +288,25 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: SamplingSe
         pad_token_id=tokenizer.pad_token_id, **settings.generate_kwargs())
     failure: list[BaseException] = []
 
+    def stopped() -> bool:
+        return closed.is_set() or (stop_event is not None and stop_event.is_set())
+
     def generate() -> None:
-        with loaded.lock:
+        try:
+            # Wait for the model's turn, but give up at once when stopped while waiting.
+            while not loaded.lock.acquire(timeout=0.05):
+                if stopped():
+                    return
             try:
-                if not closed.is_set() and not (stop_event is not None and stop_event.is_set()):
+                if not stopped():
                     with torch.inference_mode():
                         loaded.model.generate(**kwargs)
-            except BaseException as error:  # reported to the consumer after the join
-                failure.append(error)
             finally:
-                streamer.end()  # unblocks the consumer, whether generate ran, stopped or failed
+                loaded.lock.release()
+        except BaseException as error:  # reported to the consumer after the join
+            failure.append(error)
+        finally:
+            streamer.end()  # unblocks the consumer, whether generate ran, stopped or failed
 
     thread = threading.Thread(target=generate, name=f"generate:{loaded.name}", daemon=True)
     thread.start()

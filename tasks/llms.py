@@ -17,12 +17,13 @@ from typing import Any, Literal
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
 from tasks.config import option, require
 from tasks.finetune_config import SMOLLM2_PYPI
-from tasks.generation import LoadedModel, SamplingSettings, load_chat_model, stream_reply
+from tasks.generation import LoadedModel, SamplingSettings, build_prompt, load_chat_model, stream_reply
 
 OLLAMA_DEFAULT_URL = "http://127.0.0.1:11434"
 
@@ -122,28 +123,43 @@ class LocalChatModel(BaseChatModel):
         return {"model_name": self.model_name, "adapter": self.adapter,
                 "temperature": self.settings.temperature, "max_new_tokens": self.settings.max_new_tokens}
 
-    def _deltas(self, messages: list[BaseMessage], stop: list[str] | None) -> Iterator[str]:
-        loaded = cached_chat_model(self.model_name, self.adapter)
-        deltas = stream_reply(loaded, to_chat_messages(messages), self.settings)
+    def _deltas(self, chat: list[dict], stop: list[str] | None) -> Iterator[str]:
+        deltas = stream_reply(self._loaded(), chat, self.settings)
         try:
             yield from _until_stop(deltas, stop)
         finally:
             deltas.close()  # joins the generation thread at once, also when the caller stops early
 
+    def _loaded(self) -> LoadedModel:
+        return cached_chat_model(self.model_name, self.adapter)
+
+    def _metadata(self, chat: list[dict], reply: str) -> tuple[dict, UsageMetadata]:
+        loaded = self._loaded()
+        prompt, _ = build_prompt(loaded.tokenizer, chat, loaded.context_length, self.settings.max_new_tokens)
+        output = len(loaded.tokenizer.encode(reply, add_special_tokens=False))
+        usage = UsageMetadata(input_tokens=len(prompt), output_tokens=output, total_tokens=len(prompt) + output)
+        return {"model_name": self.adapter or self.model_name, "model_provider": "ftllm-local"}, usage
+
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
-        for text in self._deltas(messages, stop):
+        chat = to_chat_messages(messages)
+        reply = []
+        for text in self._deltas(chat, stop):
+            reply.append(text)
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=text))
             if run_manager:
                 run_manager.on_llm_new_token(text, chunk=chunk)
             yield chunk
-        yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", response_metadata={"model_name": self.adapter or self.model_name}, chunk_position="last"))
+        metadata, usage = self._metadata(chat, "".join(reply))
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", response_metadata=metadata,
+                                                         usage_metadata=usage, chunk_position="last"))
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
-        text = "".join(self._deltas(messages, stop))
-        message = AIMessage(content=text, response_metadata={"model_name": self.adapter or self.model_name})
+        chat = to_chat_messages(messages)
+        text = "".join(self._deltas(chat, stop))
+        metadata, usage = self._metadata(chat, text)
+        message = AIMessage(content=text, response_metadata=metadata, usage_metadata=usage)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 

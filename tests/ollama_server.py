@@ -30,6 +30,7 @@ import argparse
 import hashlib
 import json
 import logging
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -103,7 +104,6 @@ class ChatBackend:
         self.server = xllamacpp.Server(params)
         self.load_ns = time.perf_counter_ns() - started
         self.n_ctx = n_ctx
-        self.lock = threading.Lock()
 
     def complete(self, request: dict) -> dict:
         result = self.server.handle_chat_completions(request)
@@ -576,11 +576,14 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     with OllamaServer(port=args.port, threads=args.threads) as server:
+        # Stop cleanly on Ctrl-C and on SIGTERM (also when started in the background, where SIGINT
+        # arrives ignored).
+        done = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: done.set())
         print(f"Ollama test double on {server.url}: chat model {server.CHAT_MODEL}, "
               f"embedding model {server.EMBED_MODEL}. Ctrl-C stops it.", flush=True)
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
+        while not done.wait(0.5):
             pass
 
 

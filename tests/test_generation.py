@@ -269,6 +269,14 @@ def test_one_generation_at_a_time_per_model(endless):
                                               second_done.set()))
     second.start()
     assert not second_done.wait(0.5)  # waits for the model's lock
+    # A request stopped while it waits gives up at once, without waiting for the model.
+    stop = threading.Event()
+    third = stream_reply(endless, [{"role": "user", "content": "hi"}], SamplingSettings(max_new_tokens=4), stop)
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert list(third) == []
+    assert time.monotonic() - started < 1.0
+    assert endless.lock.locked() and not second_done.is_set()  # the first still runs, the second waits
     first.close()
     assert second_done.wait(30)
     second.join()

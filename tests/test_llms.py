@@ -59,6 +59,8 @@ def test_local_model_answers_a_prompt_chain_with_the_generation_core(local_optio
                               SamplingSettings(temperature=0.0, max_new_tokens=12))
     assert answer.content == expected
     assert answer.response_metadata["model_name"] == local_options.model
+    assert 0 < answer.usage_metadata["output_tokens"] <= 12 + 2  # re-encoding may merge or split a token
+    assert answer.usage_metadata["input_tokens"] > 10
 
 
 def test_local_model_streams_the_same_reply(local_options):
