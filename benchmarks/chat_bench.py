@@ -1,0 +1,207 @@
+"""Chat app benchmark: the default model's speed on this CPU, and the app under 10 concurrent users.
+
+    python benchmarks/chat_bench.py [--config configs/chat.yaml] [--users 10] [--threads 1]
+
+1. Generation alone (`tasks.generation.stream_reply`, greedy, 64 new tokens, median of 3 runs) for a
+   short and a long prompt: time to first token (prompt processing + first token) and decode
+   tokens/s (the tokens after the first, over the time after the first).
+2. The served app (`tasks.chat_ui`, real Gradio server on 127.0.0.1): `--users` gradio_client
+   clients send one message each at the same moment; per-user latency to the first streamed token
+   and to the full reply, p50/p95. The app queue is bounded (server.max_queue) and generates
+   server.concurrency_limit replies at once.
+
+Writes benchmarks/results/chat_bench.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import tasks  # noqa: E402,F401  (quiet defaults before the libraries load)
+
+RESULTS = ROOT / "benchmarks" / "results"
+SHORT_PROMPT = "What is the capital of France?"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def long_prompt(tokenizer, target_tokens: int = 1000) -> str:
+    """About `target_tokens` tokens of real instructions (Alpaca, from the shared data) to summarise."""
+    rows = json.loads((SHARED_DATA / "alpaca_5000.json").read_text(encoding="utf-8"))
+    parts, total = [], 0
+    for row in rows:
+        text = f"{row['instruction']} {row['input']} {row['output']}".strip()
+        total += len(tokenizer.encode(text, add_special_tokens=False))
+        parts.append(text)
+        if total >= target_tokens:
+            break
+    return "Summarise the following notes in two sentences.\n\n" + "\n".join(parts)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def text_of(message: dict) -> str:
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict:
+    from tasks.generation import SamplingSettings, build_prompt, stream_reply
+
+    messages = [{"role": "user", "content": prompt}]
+    settings = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens)
+    prompt_tokens = len(build_prompt(loaded.tokenizer, messages, loaded.context_length, max_new_tokens)[0])
+    measured = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        first = None
+        text = ""
+        for delta in stream_reply(loaded, messages, settings):
+            first = first or time.perf_counter()
+            text += delta
+        ended = time.perf_counter()
+        tokens = len(loaded.tokenizer.encode(text, add_special_tokens=False))
+        measured.append({"ttft_s": first - started, "decode_tokens_per_s": (tokens - 1) / (ended - first)
+                         if tokens > 1 and ended > first else None, "new_tokens": tokens})
+    return {"prompt_tokens": prompt_tokens,
+            "ttft_s": statistics.median(m["ttft_s"] for m in measured),
+            "decode_tokens_per_s": statistics.median(m["decode_tokens_per_s"] for m in measured
+                                                     if m["decode_tokens_per_s"]),
+            "new_tokens": statistics.median(m["new_tokens"] for m in measured), "runs": runs}
+
+
+def concurrent_users(url: str, model: str, users: int, max_new_tokens: int) -> dict:
+    from gradio_client import Client
+
+    clients = [Client(url, verbose=False, httpx_kwargs={"timeout": 600}) for _ in range(users)]
+    barrier = threading.Barrier(users)
+    results: list[dict] = [None] * users  # type: ignore[list-item]
+
+    def one_user(index: int) -> None:
+        barrier.wait()
+        started = time.perf_counter()
+        first = None
+        try:
+            job = clients[index].submit(f"User {index}: name three colours.", [], model, "", 0.0, 0.9, 50, 1.1,
+                                        max_new_tokens, api_name="/chat")
+            for history, _ in job:
+                if first is None and history and history[-1]["role"] == "assistant" and text_of(history[-1]):
+                    first = time.perf_counter()
+            history, _ = job.result()
+            ok = history[-1]["role"] == "assistant" and bool(text_of(history[-1]))
+            results[index] = {"ok": ok, "latency_s": time.perf_counter() - started,
+                              "first_token_s": (first or time.perf_counter()) - started}
+        except Exception as error:  # reported, never hidden
+            results[index] = {"ok": False, "error": f"{type(error).__name__}: {error}",
+                              "latency_s": time.perf_counter() - started}
+
+    threads = [threading.Thread(target=one_user, args=(i,)) for i in range(users)]
+    wall = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - wall
+    latencies = [r["latency_s"] for r in results if r["ok"]]
+    firsts = [r["first_token_s"] for r in results if r["ok"]]
+    return {"users": users, "ok": len(latencies), "errors": [r.get("error") for r in results if not r["ok"]],
+            "max_new_tokens": max_new_tokens, "wall_s": wall,
+            "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
+            "first_token_p50_s": percentile(firsts, 50), "first_token_p95_s": percentile(firsts, 95)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/chat.yaml")
+    parser.add_argument("--users", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine is shared)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--user-max-new-tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from tasks.chat_ui import ChatAppConfig, ChatService, build_app, launch
+    from tasks.config import load_config
+
+    torch.set_num_threads(args.threads)
+    config = load_config(ChatAppConfig, args.config, [f"server.port={free_port()}", "list_registry=false"])
+    model = config.models[0]
+    service = ChatService(config)
+    load_started = time.perf_counter()
+    loaded = service.pool.get(model)
+    load_s = time.perf_counter() - load_started
+
+    report: dict = {"model": model, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "model_load_s": load_s,
+                    "context_length": loaded.context_length,
+                    "command": "python benchmarks/chat_bench.py " + " ".join(argv or sys.argv[1:])}
+    report["short_prompt"] = time_generation(loaded, SHORT_PROMPT, args.max_new_tokens, args.runs)
+    report["long_prompt"] = time_generation(loaded, long_prompt(loaded.tokenizer), args.max_new_tokens, args.runs)
+    app = build_app(config, service, [model])
+    url = launch(app, config)
+    try:
+        report["app"] = {"concurrency_limit": config.server.concurrency_limit, "max_queue": config.server.max_queue,
+                         **concurrent_users(url, model, args.users, args.user_max_new_tokens)}
+    finally:
+        app.close()
+    report["load_average_after"] = os.getloadavg()
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "chat_bench.json").write_text(json.dumps(report, indent=2, default=float))
+    (RESULTS / "chat_bench.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0 if report["app"]["ok"] == args.users else 1
+
+
+def markdown(r: dict) -> str:
+    s, l, a = r["short_prompt"], r["long_prompt"], r["app"]
+    return "\n".join([
+        f"# Chat benchmark: {r['model']}",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"CPU: {r['cpus']} cores ({r['cpu']}), torch threads {r['threads']}, load average before "
+        f"{r['load_average_before'][0]:.1f} / after {r['load_average_after'][0]:.1f} (shared machine)  ",
+        f"Model load: {r['model_load_s']:.1f} s; context {r['context_length']} tokens",
+        "",
+        "| prompt | prompt tokens | time to first token | decode tokens/s | new tokens |",
+        "| --- | --- | --- | --- | --- |",
+        f"| short | {s['prompt_tokens']} | {s['ttft_s']:.2f} s | {s['decode_tokens_per_s']:.1f} | {s['new_tokens']} |",
+        f"| long | {l['prompt_tokens']} | {l['ttft_s']:.2f} s | {l['decode_tokens_per_s']:.1f} | {l['new_tokens']} |",
+        "",
+        f"App on 127.0.0.1, {a['users']} concurrent users, one message each ({a['max_new_tokens']} new tokens, greedy); "
+        f"concurrency limit {a['concurrency_limit']}, queue bounded at {a['max_queue']}:",
+        "",
+        "| users | answered | first token p50 | first token p95 | reply p50 | reply p95 | wall |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {a['users']} | {a['ok']} | {a['first_token_p50_s']:.2f} s | {a['first_token_p95_s']:.2f} s | "
+        f"{a['latency_p50_s']:.2f} s | {a['latency_p95_s']:.2f} s | {a['wall_s']:.1f} s |",
+        *(["", f"Errors: {a['errors']}"] if a["errors"] else []),
+        "",
+    ])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
