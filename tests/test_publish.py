@@ -363,7 +363,7 @@ def test_redaction_covers_every_logger_and_handler(caplog, capfd):
 def prefect_api():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):  # 30 s by default: too short on a loaded machine
         yield
 
 
