@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,19 +251,18 @@ def build_prompt(tokenizer, messages: list[dict], context_length: int,
 # --- generation -------------------------------------------------------------------------------
 
 
-def _stop_when(*events: threading.Event | None):
+def _stopping_criterion(stopped: Callable[[], bool]):
     from transformers import StoppingCriteria
 
-    class StopWhenSet(StoppingCriteria):
-        """Ends generate() at the next token once any of the events is set."""
+    class StopWhenAsked(StoppingCriteria):
+        """Ends generate() at the next token once `stopped()` is true."""
 
         def __call__(self, input_ids, scores, **kwargs):
             import torch
 
-            stop = any(event is not None and event.is_set() for event in events)
-            return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)
+            return torch.full((input_ids.shape[0],), stopped(), dtype=torch.bool, device=input_ids.device)
 
-    return StopWhenSet()
+    return StopWhenAsked()
 
 
 def stream_reply(loaded: LoadedModel, messages: list[dict], settings: SamplingSettings,
@@ -281,15 +280,16 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: SamplingSe
     tokenizer = loaded.tokenizer
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     closed = threading.Event()  # set when the consumer is done, for whatever reason
-    prompt = torch.tensor([input_ids], device=loaded.model.device)
-    kwargs = dict(
-        input_ids=prompt, attention_mask=torch.ones_like(prompt), streamer=streamer,
-        stopping_criteria=StoppingCriteriaList([_stop_when(stop_event, closed)]),
-        pad_token_id=tokenizer.pad_token_id, **settings.generate_kwargs())
-    failure: list[BaseException] = []
 
     def stopped() -> bool:
         return closed.is_set() or (stop_event is not None and stop_event.is_set())
+
+    prompt = torch.tensor([input_ids], device=loaded.model.device)
+    kwargs = dict(
+        input_ids=prompt, attention_mask=torch.ones_like(prompt), streamer=streamer,
+        stopping_criteria=StoppingCriteriaList([_stopping_criterion(stopped)]),
+        pad_token_id=tokenizer.pad_token_id, **settings.generate_kwargs())
+    failure: list[BaseException] = []
 
     def generate() -> None:
         try:
@@ -314,7 +314,7 @@ def stream_reply(loaded: LoadedModel, messages: list[dict], settings: SamplingSe
         for text in streamer:
             if text:
                 yield text
-            if stop_event is not None and stop_event.is_set():
+            if stopped():
                 break
     finally:
         closed.set()
