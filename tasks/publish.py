@@ -15,6 +15,7 @@ bit, the logits on a few probe prompts, and one greedy sample.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from urllib.parse import unquote, urlparse
 
 import yaml
 
-from tasks.config import PROJECT_ROOT, data_dir, flatten
+from tasks.config import data_dir, flatten
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def parse_uri(uri: str, for_fetch: bool = False) -> _Target:
                           forms)
         if slash and at:
             raise _reject(uri, "give a version or an alias, not both", forms)
-        if slash and not version.isdigit():
+        if slash and not (version.isdigit() and int(version) > 0):
             raise _reject(uri, f"version {version!r} is not a positive integer", forms)
         if at and not _MLFLOW_ALIAS.match(alias):
             raise _reject(uri, f"alias {alias!r} is not a valid registry alias", forms)
@@ -146,14 +147,19 @@ def is_hub_id(name: str | None) -> bool:
 # --- the model card -----------------------------------------------------------------------------
 
 
-def _looks_local(value: str) -> bool:
-    return (value.startswith(("/", "~", "./", "../", "file:", "sqlite:")) or re.match(r"^[A-Za-z]:\\", value)
-            is not None or (os.sep in value and Path(value).expanduser().exists()))
+def _is_local_path(value: Any) -> bool:
+    """A path on some machine's disk (absolute, ~, ./, file:, or an existing relative path), as
+    opposed to a Hub id (ORG/NAME), a URL or a plain word."""
+    if not isinstance(value, str) or len(value) < 2 or "\n" in value:
+        return False
+    if value.startswith(("/", "~", "./", "../", "file:")) or re.match(r"^[A-Za-z]:[\\/]", value):
+        return True
+    return os.sep in value and Path(value).exists()
 
 
 def _public(value: Any) -> Any:
     """A config value fit for a public card: a local path becomes its last component."""
-    if isinstance(value, str) and _looks_local(value):
+    if _is_local_path(value):
         tail = Path(value.rstrip("/").removeprefix("file://")).name or "path"
         return f"<local>/{tail}"
     if isinstance(value, (list, tuple)):
@@ -164,8 +170,6 @@ def _public(value: Any) -> Any:
 
 
 def _flat(config: Any, prefix: str = "") -> dict[str, Any]:
-    import dataclasses
-
     if dataclasses.is_dataclass(config) and not isinstance(config, type):
         return flatten(config)
     flat: dict[str, Any] = {}
@@ -200,7 +204,7 @@ def model_card(base_model_hub_id: str | None, dataset: str, config: dict, metric
         front["base_model"] = base
     front["library_name"] = "peft"
     front["pipeline_tag"] = "text-generation"
-    front["tags"] = [t for t in ("peft", "lora", flow, "dpo" if "dpo" in flow else "sft", "finetuning-llm")]
+    front["tags"] = ["peft", "lora", flow, "dpo" if "dpo" in flow else "sft", "finetuning-llm"]
     if base:
         front["tags"].insert(0, f"base_model:adapter:{base}")
     dataset_name = _public(dataset)
@@ -253,16 +257,6 @@ def _check_adapter_dir(adapter_dir: Path) -> Path:
         raise PublishError(f"adapter folder {adapter_dir} has no {', '.join(missing)} "
                            "(save it with model.save_pretrained(folder) first)")
     return adapter_dir
-
-
-def _is_local_path(value: Any) -> bool:
-    """A path on this machine (absolute or ~), as opposed to a Hub id, a URI or a plain word."""
-    if not isinstance(value, str) or len(value) < 2 or "\n" in value:
-        return False
-    if value.startswith("~"):
-        return True
-    roots = (str(Path.home()), tempfile.gettempdir(), str(data_dir()), str(PROJECT_ROOT))
-    return os.path.isabs(value) and (os.path.exists(value) or value.startswith(roots))
 
 
 def _without_local_paths(value: Any, where: str, dropped: list[str]) -> Any:
@@ -394,9 +388,9 @@ def _publish_mlflow(folder: Path, name: str, run_id: str | None) -> Published:
 def _publish_folder(folder: Path, destination: Path) -> Published:
     """Copy next to the destination, then swap it in with renames: readers never see half a folder."""
     destination.parent.mkdir(parents=True, exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    incoming = destination.with_name(f".{destination.name}.incoming-{token}")
-    outgoing = destination.with_name(f".{destination.name}.outgoing-{token}")
+    suffix = uuid.uuid4().hex[:8]
+    incoming = destination.with_name(f".{destination.name}.incoming-{suffix}")
+    outgoing = destination.with_name(f".{destination.name}.outgoing-{suffix}")
     shutil.copytree(folder, incoming)
     if destination.exists():
         if not destination.is_dir():

@@ -292,7 +292,7 @@ def test_malformed_or_unknown_uris_are_rejected(trained, card, uri):
     assert repr(uri) in str(rejected.value)
 
 
-@pytest.mark.parametrize("uri", ["mlflow://name/latest", "mlflow://name/1@alias", "hf://org/name@", "ftp://x/y"])
+@pytest.mark.parametrize("uri", ["mlflow://name/latest", "mlflow://name/0", "mlflow://name/1@alias", "hf://org/name@", "ftp://x/y"])
 def test_fetch_rejects_malformed_uris(uri):
     with pytest.raises(PublishError, match=re.escape(repr(uri))):
         publish.fetch_adapter(uri)
