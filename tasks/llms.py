@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -50,9 +51,14 @@ class ChatModelOptions:
 
 
 def ollama_base_url(configured: str | None = None) -> str:
-    """The configured URL, else $OLLAMA_HOST (which may lack the scheme), else the default."""
+    """The configured URL, else $OLLAMA_HOST, else the default. Like Ollama itself, a value without
+    a scheme (`OLLAMA_HOST=0.0.0.0`, `host:port`) means http and, without a port, port 11434."""
     url = (configured or os.environ.get("OLLAMA_HOST") or OLLAMA_DEFAULT_URL).strip().rstrip("/")
-    return url if "://" in url else f"http://{url}"
+    if "://" in url:
+        return url
+    parts = urlsplit(f"http://{url}")
+    netloc = parts.netloc if parts.port is not None else f"{parts.netloc}:11434"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 # --- the local provider -----------------------------------------------------------------------

@@ -36,7 +36,11 @@ def test_ollama_base_url_comes_from_config_then_ollama_host(monkeypatch):
     assert ollama_base_url() == "http://127.0.0.1:11434"
     monkeypatch.setenv("OLLAMA_HOST", "127.0.0.1:12345")  # Ollama's own form: no scheme
     assert ollama_base_url() == "http://127.0.0.1:12345"
-    assert ollama_base_url("http://10.0.0.5:11434/") == "http://10.0.0.5:11434"
+    monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0")  # no port: Ollama's 11434
+    assert ollama_base_url() == "http://0.0.0.0:11434"
+    monkeypatch.setenv("OLLAMA_HOST", "[::1]")
+    assert ollama_base_url() == "http://[::1]:11434"
+    assert ollama_base_url("http://10.0.0.5:8080/") == "http://10.0.0.5:8080"
 
 
 # --- local --------------------------------------------------------------------------------------
