@@ -100,6 +100,8 @@ def test_an_adapter_uri_loads_on_the_base_model_its_manifest_names(tiny_model_di
     assert isinstance(loaded.model, PeftModel)
     assert loaded.name == folder.as_uri()
     assert loaded.base_model == str(tiny_model_dir)  # the recorded folder is missing here: next name
+    assert loaded.context_length == 1024
+    assert generate_reply(loaded, [{"role": "user", "content": "hi"}], SamplingSettings(temperature=0, max_new_tokens=4))
     ids = torch.tensor([tiny.tokenizer.encode("Please answer politely.")])
     with torch.no_grad():
         assert not torch.allclose(loaded.model(ids).logits, tiny.model(ids).logits)
