@@ -197,9 +197,10 @@ def test_hub_fetch_errors_name_the_uri(hub, monkeypatch):
 # --- mlflow:// ---------------------------------------------------------------------------------
 
 
-def test_mlflow_publish_versions_fetch_verify(trained, card, isolated_data_dir, monkeypatch):
+def test_mlflow_publish_versions_fetch_verify(trained, card, isolated_data_dir, monkeypatch, caplog, capfd):
     from mlflow import MlflowClient
 
+    caplog.set_level(logging.DEBUG)
     marker = "hf_MARKERtoken0123456789abcdef"
     monkeypatch.setenv("HF_TOKEN", marker)
     adapter_dir = trained[3]
@@ -223,6 +224,8 @@ def test_mlflow_publish_versions_fetch_verify(trained, card, isolated_data_dir, 
     stored = [p for p in isolated_data_dir.rglob("*") if p.is_file()]
     assert any(p.name == "mlflow.db" for p in stored)
     assert not [p for p in stored if marker.encode() in p.read_bytes()]
+    captured = capfd.readouterr()
+    assert marker not in caplog.text + captured.out + captured.err
 
 
 def test_mlflow_publish_needs_a_run(trained, card):
