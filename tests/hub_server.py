@@ -293,12 +293,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _body(self) -> bytes:
-        return self._raw_body
-
     def _json_body(self) -> Any:
         try:
-            return json.loads(self._body() or b"{}")
+            return json.loads(self.body or b"{}")
         except json.JSONDecodeError as error:
             raise HubError(400, f"Invalid JSON body: {error}") from None
 
@@ -324,7 +321,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._status = 0
         # Read the whole body first, even for requests refused before looking at it: a body left
         # unread in a keep-alive connection would be parsed as the next request.
-        self._raw_body = self._read_body()
+        self.body = self._read_body()
         state = self.server.state
         url = urlsplit(self.path)
         self.query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -425,9 +422,6 @@ class _Handler(BaseHTTPRequestHandler):
                          "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
                          "usedStorage": sum(f.size for f in commit.files.values())})
 
-    def repo_info_at(self, state: HubState, who: Identity | None, repo_id: str, revision: str) -> None:
-        self.repo_info(state, who, repo_id, revision)
-
     def tree(self, state: HubState, who: Identity | None, repo_id: str, revision: str, path: str = "") -> None:
         repo = state.readable(repo_id, who)
         commit = self._commit_of(repo, revision)
@@ -473,7 +467,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Content-Type", "").split(";")[0] != "application/x-ndjson":
             raise HubError(400, "a commit is sent as application/x-ndjson")
         try:
-            lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+            lines = [json.loads(line) for line in self.body.splitlines() if line.strip()]
         except json.JSONDecodeError as error:
             raise HubError(400, f"Invalid NDJSON line: {error}") from None
         new = state.apply_commit(repo, revision, lines)
@@ -516,7 +510,7 @@ class _Handler(BaseHTTPRequestHandler):
         # A signed URL, like S3's: no Authorization header (the client sends none here).
         if not hmac.compare_digest(self.query.get("sig", ""), state.sign(oid)):
             raise HubError(403, "Request signature does not match")
-        content = self._body()
+        content = self.body
         if hashlib.sha256(content).hexdigest() != oid or len(content) != int(self.query.get("size", -1)):
             raise HubError(400, f"uploaded content does not match oid {oid} and its declared size")
         state.lfs_objects[oid] = content
@@ -576,13 +570,12 @@ _ROUTES: list[tuple[tuple[str, ...], re.Pattern[str], Any]] = [
     (("POST",), re.compile(r"/api/validate-yaml"), _Handler.validate_yaml),
     (("POST",), re.compile(r"/api/repos/create"), _Handler.create_repo),
     (("GET",), re.compile(rf"/api/models/{_REPO}/xet-(?P<kind>read|write)-token(?:/{_REV})?"), _Handler.xet_token),
-    (("GET",), re.compile(rf"/api/models/{_REPO}/revision/{_REV}"), _Handler.repo_info_at),
     (("GET",), re.compile(rf"/api/models/{_REPO}/tree/{_REV}(?:/(?P<path>.+))?"), _Handler.tree),
     (("GET",), re.compile(rf"/api/models/{_REPO}/refs"), _Handler.refs),
     (("GET",), re.compile(rf"/api/models/{_REPO}/commits/{_REV}"), _Handler.commits),
     (("POST",), re.compile(rf"/api/models/{_REPO}/preupload/{_REV}"), _Handler.preupload),
     (("POST",), re.compile(rf"/api/models/{_REPO}/commit/{_REV}"), _Handler.commit),
-    (("GET",), re.compile(rf"/api/models/{_REPO}"), _Handler.repo_info),
+    (("GET",), re.compile(rf"/api/models/{_REPO}(?:/revision/{_REV})?"), _Handler.repo_info),
     (("POST",), re.compile(rf"/{_REPO}\.git/info/lfs/objects/batch"), _Handler.lfs_batch),
     (("POST",), re.compile(rf"/{_REPO}\.git/info/lfs/objects/verify"), _Handler.lfs_verify),
     (("PUT",), re.compile(r"/lfs-upload/(?P<oid>[0-9a-f]{64})"), _Handler.lfs_upload),
