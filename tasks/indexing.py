@@ -19,7 +19,8 @@ import re
 import sqlite3
 import threading
 import time
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,8 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
 from tasks.config import option, require
-from tasks.pdfs import ExtractedPdf, display_name
+from tasks.pdfs import ExtractedPdf, FetchOptions, PdfError, display_name
+from tasks.vectorstores import StoreOptions
 
 STATUSES = ("indexed", "unchanged", "replaced", "deleted", "failed")
 
@@ -45,8 +47,6 @@ class ChunkOptions:
     overlap: int = option(100, help="characters shared by neighbouring chunks")
     separator: str = option("\n", help="character splitter only: where chunks may be cut "
                                        "(LangChain's default \\n\\n rarely occurs in PDF text: whole pages)")
-    context_header: bool = option(True, help="start each chunk with '<title>, p.<page>' so that "
-                                             "retrieval sees which document and page it is from")
 
     def __post_init__(self) -> None:
         require(self.size >= 50, "chunk.size", f"must be at least 50 characters, got {self.size}")
@@ -71,6 +71,55 @@ class EmbeddingOptions:
                 "name the Ollama embedding model (e.g. nomic-embed-text)")
 
 
+@dataclass
+class IndexOptions:
+    delete_missing: bool = option(True, help="delete documents indexed by earlier runs that are no longer among "
+                                             "the sources (only when this run indexed at least one document)")
+    workers: int = option(4, help="documents fetched, extracted and chunked at once")
+    min_chars_per_page: int = option(10, help="a PDF with less text than this per page has no text layer "
+                                              "(scanned): reported as failed")
+
+    def __post_init__(self) -> None:
+        require(self.workers >= 1, "index.workers", f"must be at least 1, got {self.workers}")
+        require(self.min_chars_per_page >= 0, "index.min_chars_per_page", f"must be >= 0, got {self.min_chars_per_page}")
+
+
+@dataclass
+class PdfIndexConfig:
+    sources: list[str] = option([], help="PDF files, folders (recursive), glob patterns and http(s) URLs; "
+                                         "--source on the command line replaces this list")
+    passwords: dict[str, str] = option({}, help="passwords of encrypted PDFs by source or file name, as "
+                                                "env:VARIABLE (a literal works too, but is then stored as a "
+                                                "flow-run parameter: prefer env:)")
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    chunk: ChunkOptions = field(default_factory=ChunkOptions)
+    embeddings: EmbeddingOptions = field(default_factory=EmbeddingOptions)
+    store: StoreOptions = field(default_factory=StoreOptions)
+    index: IndexOptions = field(default_factory=IndexOptions)
+
+    def __post_init__(self) -> None:
+        for key, value in self.passwords.items():
+            require(isinstance(value, str) and bool(value), f"passwords.{key}", "must be a non-empty string")
+
+
+def password_for(source: str, passwords: dict[str, str]) -> str | None:
+    """The password for a source (matched by the source itself, then its file name); env: values resolved."""
+    value = passwords.get(source) or passwords.get(display_name(source))
+    if value is None:
+        return None
+    if value.startswith("env:"):
+        name = value.removeprefix("env:")
+        if not os.environ.get(name):
+            raise PdfError(f"encrypted: its password variable {name} is not set")
+        return os.environ[name]
+    return value
+
+
+def redacted(config: PdfIndexConfig) -> PdfIndexConfig:
+    """The config as it may be logged (MLflow params, artifacts): literal passwords masked."""
+    return replace(config, passwords={k: v if v.startswith("env:") else "***" for k, v in config.passwords.items()})
+
+
 # --- embeddings -------------------------------------------------------------------------------
 
 
@@ -78,11 +127,18 @@ class SentenceTransformerEmbeddings(Embeddings):
     """LangChain's `Embeddings` over a sentence-transformers model, normalized (cosine = dot product)."""
 
     def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64):
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(model_path, device=device)
-        self.batch_size = batch_size
+        self.model_path, self.device, self.batch_size = model_path, device, batch_size
+        self._model = None
         self._lock = threading.Lock()  # one encode at a time: torch already uses every core
+
+    @property
+    def model(self):
+        # Loaded on first use: a re-index where nothing changed never needs the model.
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(self.model_path, device=self.device)
+        return self._model
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         with self._lock:
@@ -154,8 +210,6 @@ def chunk_document(doc: ExtractedPdf, options: ChunkOptions) -> list[Document]:
         for index, text in enumerate(t.strip() for t in splitter.split_text(page.text)):
             if not text:
                 continue
-            if options.context_header:
-                text = f"{doc.title}, p.{page.number}\n{text}"
             chunks.append(Document(page_content=text, metadata={
                 "source": doc.source, "page": page.number, "title": doc.title,
                 "chunk_id": chunk_id(doc.source, page.number, index)}))
@@ -167,6 +221,39 @@ def fingerprint(file_sha256: str, chunk: ChunkOptions, embeddings: EmbeddingOpti
     recipe = json.dumps({"file": file_sha256, "chunk": asdict(chunk), "embed": embedding_model_name(embeddings)},
                         sort_keys=True)
     return hashlib.sha256(recipe.encode()).hexdigest()
+
+
+# --- keyword queries ------------------------------------------------------------------------
+
+# Words that say nothing about a question's topic (English and German, the languages of our test
+# documents). In an OR query they would let chunks that are merely long outrank the right one.
+STOPWORDS = frozenset("""
+a about above after again all also am an and any are as at be because been before being below between both but
+by can could did do does doing down during each few for from further had has have having he her here hers him his
+how i if in into is it its itself just me more most my no nor not of off on once only or other our out over own
+same she should so some such than that the their them then there these they this those through to too under until
+up very was we were what when where which while who whom why will with would you your yours
+aber alle allem allen aller alles als also am an ans auch auf aus bei beim bin bis bist da damit dann das dass dem
+den denn der des die dies diese diesem diesen dieser dieses doch dort du durch ein eine einem einen einer eines er
+es etwa für gibt hat hatte ich ihr im in ins ist ja jede jedem jeden jeder jedes kann kein keine können man mit muss
+nach nicht noch nur ob oder ohne sein seine sich sie sind so soll über um und uns unter vom von vor war warum was
+wann welche welchem welchen welcher welches wenn werden wer wie wieso wird wo wofür womit zu zum zur zwischen
+""".split())
+
+
+def keyword_terms(query: str) -> list[str]:
+    """FTS5 terms for a question: topic words only, each as a prefix so inflections match too.
+
+    Cutting two letters off longer words before the `*` lets "topologischen" find "topologischer"
+    and "Räumen" find "Räume"; the porter tokenizer does the same for English on both sides.
+    """
+    terms = []
+    for word in dict.fromkeys(w.lower() for w in re.findall(r"\w+", query)):
+        if word in STOPWORDS or (len(word) < 2 and not word.isdigit()):
+            continue
+        stem = word[:max(4, len(word) - 2)] if len(word) >= 6 else word
+        terms.append('"' + stem.replace('"', '""') + '"' + ("*" if len(word) >= 6 else ""))
+    return terms
 
 
 # --- the catalog: documents and their keyword index -------------------------------------------
@@ -243,15 +330,14 @@ class Catalog:
             db.execute("DELETE FROM documents WHERE namespace=? AND source=?", (self.namespace, source))
 
     def keyword_search(self, query: str, k: int) -> list[tuple[Document, float]]:
-        """BM25 top-k (FTS5's bm25(), negated so that higher is better); any word may match."""
-        words = list(dict.fromkeys(w.lower() for w in re.findall(r"\w+", query) if len(w) > 1 or w.isdigit()))
-        if not words:
+        """BM25 top-k (FTS5's bm25(), negated so that higher is better); any query term may match."""
+        terms = keyword_terms(query)
+        if not terms:
             return []
-        match = " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
         rows = self._db().execute(
             "SELECT text, source, page, title, chunk_id, bm25(chunks_fts) FROM chunks_fts "
             "WHERE chunks_fts MATCH ? AND namespace=? ORDER BY bm25(chunks_fts) LIMIT ?",
-            (match, self.namespace, k)).fetchall()
+            (" OR ".join(terms), self.namespace, k)).fetchall()
         return [(Document(page_content=text, metadata={"source": source, "page": int(page), "title": title,
                                                        "chunk_id": cid}), -float(score))
                 for text, source, page, title, cid, score in rows]

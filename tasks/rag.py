@@ -36,8 +36,10 @@ class RetrievalOptions:
     search: Literal["similarity", "mmr"] = option("similarity", help="vector search: plain similarity, or "
                                                                     "maximal marginal relevance (more diverse)")
     fetch_k: int = option(30, help="candidates taken from each retriever before fusing")
-    rrf_k: int = option(60, help="reciprocal rank fusion constant: score = sum of 1 / (rrf_k + rank)")
-    keyword_weight: float = option(1.0, help="weight of the BM25 ranking in the fusion (vector ranking: 1)")
+    # Tuned on benchmarks/qa (see docs/readme/rag.md): BM25 carries exact terms, symbols and
+    # non-English text that all-MiniLM-L6-v2 cannot; vectors add paraphrases.
+    rrf_k: int = option(10, help="reciprocal rank fusion constant: score = sum of weight / (rrf_k + rank)")
+    keyword_weight: float = option(2.0, help="weight of the BM25 ranking in the fusion (vector ranking: 1)")
 
     def __post_init__(self) -> None:
         require(self.k >= 1, "retrieval.k", f"must be at least 1, got {self.k}")
@@ -162,3 +164,97 @@ def answer_question(question: str, config: RagConfig, k: int | None = None) -> d
     chain = make_prompt() | make_chat_model(config.llm)
     reply = chain.invoke({"context": format_context(sources), "question": question.strip()})
     return {"answer": with_citations(reply.text, sources), "sources": sources}
+
+
+# --- retrieval quality (rag-eval) -------------------------------------------------------------
+
+
+@dataclass
+class Question:
+    id: str
+    question: str
+    answers: list[str]
+    page: int | None = None
+
+
+def load_questions(path: str) -> tuple[list[Question], list[str]]:
+    """Questions from a JSONL file `{"id", "question", "answers": [...], "page"}`, and one error per bad line."""
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"question file not found: {path}")
+    questions, errors = [], []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            errors.append(f"{where}: not valid JSON ({error.msg})")
+            continue
+        if not isinstance(row, dict):
+            errors.append(f"{where}: expected a JSON object")
+            continue
+        question, answers = row.get("question"), row.get("answers")
+        if not isinstance(question, str) or not question.strip():
+            errors.append(f"{where}: 'question' must be a non-empty string")
+            continue
+        if (not isinstance(answers, list) or not answers
+                or not all(isinstance(a, str) and a.strip() for a in answers)):
+            errors.append(f"{where}: 'answers' must be a non-empty list of non-empty strings")
+            continue
+        page = row.get("page")
+        if page is not None and (not isinstance(page, int) or isinstance(page, bool) or page < 1):
+            errors.append(f"{where}: 'page' must be a positive integer")
+            continue
+        questions.append(Question(str(row.get("id", f"line-{number}")), question.strip(), answers, page))
+    return questions, errors
+
+
+def normalize(text: str) -> str:
+    """Matching ignores case, line breaks and Unicode presentation forms (ligatures)."""
+    import unicodedata
+
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def first_hit(sources: list[dict[str, Any]], answers: list[str]) -> int | None:
+    """1-based rank of the first retrieved chunk that contains one of the answers."""
+    wanted = [normalize(a) for a in answers]
+    for rank, source in enumerate(sources, start=1):
+        text = normalize(source["text"])
+        if any(answer in text for answer in wanted):
+            return rank
+    return None
+
+
+def evaluate_retrieval(questions: list[Question], config: RagConfig, k: int | None = None) -> dict[str, Any]:
+    """hit@k, MRR@k and the mean length of the retrieved chunks, plus one row per question."""
+    import time
+
+    k = k or config.retrieval.k
+    rows, chunk_chars, latencies = [], [], []
+    for question in questions:
+        started = time.perf_counter()
+        sources = retrieve(question.question, config, k)
+        latencies.append(time.perf_counter() - started)
+        rank = first_hit(sources, question.answers)
+        chunk_chars += [len(s["text"]) for s in sources]
+        rows.append({"id": question.id, "question": question.question, "rank": rank,
+                     "page": question.page, "retrieved_pages": [s["page"] for s in sources]})
+    with_page = [r for r in rows if r["page"] is not None]
+    n = len(questions) or 1
+    return {
+        "k": k,
+        "questions": len(questions),
+        "hit_at_k": sum(r["rank"] is not None for r in rows) / n,
+        "mrr": sum(1.0 / r["rank"] for r in rows if r["rank"]) / n,
+        # Stricter: the expected page itself is among the top-k (answers may recur on other pages).
+        "page_hit_at_k": (sum(r["page"] in r["retrieved_pages"] for r in with_page) / len(with_page)
+                          if with_page else None),
+        "mean_chunk_chars": sum(chunk_chars) / len(chunk_chars) if chunk_chars else 0.0,
+        "mean_latency_s": sum(latencies) / len(latencies) if latencies else 0.0,
+        "per_question": rows,
+    }
