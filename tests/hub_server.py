@@ -36,8 +36,7 @@ import re
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
-from http import HTTPStatus
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -61,7 +60,7 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -272,7 +271,7 @@ def _repo_tree(files: dict[str, StoredFile], base: str, recursive: bool) -> list
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -471,8 +470,8 @@ class _Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError as error:
             raise HubError(400, f"Invalid NDJSON line: {error}") from None
         new = state.apply_commit(repo, revision, lines)
-        self._send_json({"success": True, "commitOid": new.sha, "commitUrl": f"{self._base_url()}/{repo_id}/commit/{new.sha}",
-                         "hookOutput": "", "pullRequestUrl": None})
+        self._send_json({"success": True, "commitOid": new.sha, "hookOutput": "", "pullRequestUrl": None,
+                         "commitUrl": f"{self._base_url()}/{repo_id}/commit/{new.sha}"})
 
     def xet_token(self, state: HubState, who: Identity | None, repo_id: str, kind: str, revision: str = "") -> None:
         raise HubError(501, "this test Hub implements the LFS basic transfer only, not Xet: set HF_HUB_DISABLE_XET=1 "
@@ -607,7 +606,7 @@ class HubServer:
             raise RuntimeError("the test Hub is not running")
         return self._server.base_url
 
-    def start(self, port: int = 0) -> "HubServer":
+    def start(self, port: int = 0) -> HubServer:
         server = _Server(("127.0.0.1", port), _Handler)
         server.state = self.state
         server.base_url = f"http://127.0.0.1:{server.server_port}"
@@ -622,7 +621,7 @@ class HubServer:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
