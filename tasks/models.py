@@ -54,6 +54,13 @@ def resolve_placement(device: str = "auto", precision: str = "auto") -> Placemen
     return Placement(device, precision)
 
 
+def model_cache_dir() -> Path:
+    """Converted models: `FTLLM_MODEL_CACHE`, else `models/` in the data folder."""
+    import os
+
+    return Path(os.environ.get("FTLLM_MODEL_CACHE") or data_dir() / "models").expanduser()
+
+
 def is_pypi_model(name: str) -> bool:
     return name.startswith("pypi:")
 
@@ -107,7 +114,7 @@ def resolve_model_path(name: str) -> str:
     """A local folder (converted once for pypi: names) or the Hub id itself."""
     if is_pypi_model(name):
         spec, gguf = _pypi_file(name)
-        target = data_dir() / "models" / spec.replace("/", "--")
+        target = model_cache_dir() / spec.replace("/", "--")
         with _file_lock(target.with_name(target.name + ".lock")):
             if not (target / "config.json").is_file():
                 _convert_gguf(gguf, target)
@@ -138,8 +145,11 @@ def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bo
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        # A pad token distinct from EOS keeps end-of-reply tokens in the loss and in token counts.
+        spare = "<|endoftext|>"
+        distinct = spare in tokenizer.get_vocab() and spare != tokenizer.eos_token
+        tokenizer.pad_token = spare if distinct else (tokenizer.pad_token or tokenizer.eos_token)
     if tokenizer.chat_template is None:
         raise ConfigError(f"model.name: the tokenizer of {path} has no chat template; "
                           "use an instruct/chat model or a tokenizer that defines one")

@@ -88,7 +88,8 @@ def prefect_flow_run_id() -> str | None:
         return None
 
 
-def _params(config: Any) -> dict[str, str]:
+def params_of(config: Any) -> dict[str, str]:
+    """The flattened config as MLflow params (and model cards) show it."""
     return {key: str(value)[:MAX_PARAM_CHARS] for key, value in flatten(config).items()}
 
 
@@ -105,7 +106,7 @@ def start_run(experiment: str, config: Any | None = None, run_name: str | None =
     all_tags.update(tags or {})
     with mlflow.start_run(run_name=run_name, tags=all_tags) as run:
         if config is not None:
-            mlflow.log_params(_params(config))
+            mlflow.log_params(params_of(config))
             mlflow.log_text(to_yaml(config), "config.yaml")
         yield run
 

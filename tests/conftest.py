@@ -21,6 +21,8 @@ def isolated_data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ftllm-data")
     previous = {k: os.environ.get(k) for k in ("FTLLM_DATA_DIR", "MLFLOW_TRACKING_URI")}
     os.environ["FTLLM_DATA_DIR"] = str(folder)
+    # Converted models are the one thing worth keeping between test sessions (SmolLM2: ~30 s).
+    os.environ.setdefault("FTLLM_MODEL_CACHE", str(Path(__file__).resolve().parents[1] / ".ftllm" / "models"))
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     import torch
 
