@@ -50,11 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = training.checkpoint_dir("dpo-benchmark", cfg)
     trainer = dpo.build_trainer(model, tokenizer, prefs.train, prefs.eval, cfg, placement, output_dir)
     t0 = time.perf_counter()
-    base = dpo.evaluate_pairs(trainer, cfg.dpo.beta)
+    base = dpo.evaluate_untrained(trainer, cfg.dpo.beta)
     base_eval_s = time.perf_counter() - t0
     result = dpo.train_dpo(trainer, output_dir, resume=False)
     t0 = time.perf_counter()
-    trained = dpo.evaluate_pairs(trainer, cfg.dpo.beta, base.reference)
+    trained = dpo.evaluate_trained(trainer, cfg.dpo.beta, base.reference)
     eval_s = time.perf_counter() - t0
     gate = dpo.quality_gate(base.metrics["rewards/accuracies"], trained.metrics["rewards/accuracies"],
                             cfg.dpo.min_reward_accuracy)

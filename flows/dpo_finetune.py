@@ -1,7 +1,7 @@
 """`dpo-finetune`: Direct Preference Optimization of a LoRA adapter, tracked, gated, published and verified.
 
-    load_preferences → load_policy → apply_lora → evaluate (untrained) → train_dpo → evaluate (trained)
-        → quality_gate → push_to_hub → reload_and_verify
+    load_preferences → load_policy → apply_lora → prepare_trainer → evaluate_untrained → train_dpo
+        → evaluate_trained → quality_gate → push_to_hub → reload_and_verify
 
     python -m flows.dpo_finetune --config configs/dpo_demo.yaml --set train.max_steps=40 --set dpo.beta=0.2
     prefect deployment run dpo-finetune/dpo-finetune          (with the local stack up)
@@ -76,9 +76,14 @@ def prepare_trainer(model, tokenizer, prefs: preferences.PreferenceData, cfg: Dp
     return trainer, output_dir
 
 
-@task(name="evaluate", cache_policy=NONE)
-def evaluate(trainer, cfg: DpoFinetuneConfig, reference: dpo.PairLogps | None = None) -> dpo.Evaluation:
-    return dpo.evaluate_pairs(trainer, cfg.dpo.beta, reference)
+@task(name="evaluate_untrained", cache_policy=NONE)
+def evaluate_untrained(trainer, cfg: DpoFinetuneConfig) -> dpo.Evaluation:
+    return dpo.evaluate_untrained(trainer, cfg.dpo.beta)
+
+
+@task(name="evaluate_trained", cache_policy=NONE)
+def evaluate_trained(trainer, cfg: DpoFinetuneConfig, reference: dpo.PairLogps) -> dpo.Evaluation:
+    return dpo.evaluate_trained(trainer, cfg.dpo.beta, reference)
 
 
 @task(name="train_dpo", cache_policy=NONE)
@@ -138,13 +143,13 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
             model, story["params"] = apply_lora(model, cfg, placement, token)
             tracking.log_metrics({"trainable_params": story["params"]["trainable_params"]})
             trainer, output_dir = prepare_trainer(model, tokenizer, prefs, cfg, placement)
-            base = evaluate(trainer, cfg)
+            base = evaluate_untrained(trainer, cfg)
             tracking.log_metrics(base.prefixed("base_eval"))
             result = train_dpo(trainer, output_dir, cfg)
             story["train"] = result.summary()
             tracking.log_metrics({"train_tokens_per_second": result.tokens_per_second})
             tracking.set_tags({"train.resumed_from_step": str(result.resumed_from_step)})
-            trained = evaluate(trainer, cfg, base.reference)
+            trained = evaluate_trained(trainer, cfg, base.reference)
             tracking.log_metrics(trained.prefixed("eval"), step=result.steps)
             story["eval"] = {"untrained": base.metrics, "trained": trained.metrics}
             story["gate"] = quality_gate(base, trained, cfg).__dict__

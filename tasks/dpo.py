@@ -198,9 +198,19 @@ class Evaluation:
         return {f"{prefix}_{k}": v for k, v in self.metrics.items() if k != "pairs"}
 
 
-def evaluate_pairs(trainer, beta: float, reference: PairLogps | None = None) -> Evaluation:
-    """Score the held-out pairs: before training (reference scored here) or after (reference reused)."""
-    reference = reference if reference is not None else score_pairs(trainer, reference=True)
+def evaluate_untrained(trainer, beta: float) -> Evaluation:
+    """Before training: score the held-out pairs with the reference, once.
+
+    The untrained policy *is* its reference, by construction: a fresh LoRA adapter adds exactly 0
+    (its B matrices start at zero), and a starting adapter's reference is TRL's frozen copy of it
+    (tests check both, bit for bit). So its scores are the reference's, and every implicit reward is 0.
+    """
+    reference = score_pairs(trainer, reference=True)
+    return Evaluation(preference_metrics(reference, reference, beta), reference, reference)
+
+
+def evaluate_trained(trainer, beta: float, reference: PairLogps) -> Evaluation:
+    """After training: score the held-out pairs with the policy; the frozen reference's scores are reused."""
     policy = score_pairs(trainer, reference=False)
     return Evaluation(preference_metrics(policy, reference, beta), reference, policy)
 

@@ -91,13 +91,15 @@ def test_dpo_learns_the_preference_against_a_frozen_reference(tiny_model_dir, tm
     trainer = dpo.build_trainer(model, tokenizer, pairs(32), pairs(12, offset=100), cfg, placement,
                                 tmp_path / "checkpoints")
     assert trainer.ref_model is None  # no second copy: the reference is the policy with its adapter off
-    base = dpo.evaluate_pairs(trainer, cfg.dpo.beta)
+    base = dpo.evaluate_untrained(trainer, cfg.dpo.beta)
     assert base.metrics["rewards/accuracies"] == 0.5 and base.metrics["rewards/margins"] == 0.0
-    assert torch.equal(base.policy.chosen, base.reference.chosen)  # untrained LoRA == reference
+    untrained = dpo.score_pairs(trainer, reference=False)  # the untrained LoRA policy *is* the reference
+    assert torch.equal(untrained.chosen, base.reference.chosen)
+    assert torch.equal(untrained.rejected, base.reference.rejected)
 
     result = dpo.train_dpo(trainer, tmp_path / "checkpoints", resume=False)
     assert result.steps == 8
-    trained = dpo.evaluate_pairs(trainer, cfg.dpo.beta, base.reference)
+    trained = dpo.evaluate_trained(trainer, cfg.dpo.beta, base.reference)
     assert trained.metrics["rewards/accuracies"] > 0.9
     assert trained.metrics["rewards/margins"] > 0
     assert dpo.quality_gate(base.metrics["rewards/accuracies"], trained.metrics["rewards/accuracies"], 0.5).passed
@@ -123,9 +125,9 @@ def test_ipo_loss_and_precomputed_reference(tiny_model_dir, tmp_path):
     with model.disable_adapter():  # the same reference, scored on the fly
         on_the_fly = dpo.score_pairs(trainer, reference=False)
     assert torch.allclose(precomputed.chosen, on_the_fly.chosen, atol=1e-4)
-    base = dpo.evaluate_pairs(trainer, cfg.dpo.beta)
+    base = dpo.evaluate_untrained(trainer, cfg.dpo.beta)
     dpo.train_dpo(trainer, tmp_path / "checkpoints", resume=False)
-    trained = dpo.evaluate_pairs(trainer, cfg.dpo.beta, base.reference)
+    trained = dpo.evaluate_trained(trainer, cfg.dpo.beta, base.reference)
     assert trained.metrics["rewards/margins"] != 0.0
 
 
@@ -161,14 +163,15 @@ def test_starting_from_an_sft_adapter_keeps_that_adapter_as_the_reference(tiny_m
     trainer = dpo.build_trainer(start, tokenizer, pairs(32), pairs(12, offset=100), cfg, placement,
                                 tmp_path / "checkpoints")
     assert dpo.reference_is_frozen_adapter(start)  # TRL copied the SFT adapter as the frozen "ref"
-    base = dpo.evaluate_pairs(trainer, cfg.dpo.beta)
-    assert base.metrics["rewards/accuracies"] == 0.5  # the policy starts exactly at its reference
+    base = dpo.evaluate_untrained(trainer, cfg.dpo.beta)
+    untrained = dpo.score_pairs(trainer, reference=False)
+    assert torch.equal(untrained.chosen, base.reference.chosen)  # the policy starts exactly at its reference
     with torch.no_grad(), start.disable_adapter():
         bare = dpo.score_pairs(trainer, reference=False)
     assert not torch.allclose(bare.chosen, base.reference.chosen)  # the reference is the SFT adapter, not the base
 
     dpo.train_dpo(trainer, tmp_path / "checkpoints", resume=False)
-    trained = dpo.evaluate_pairs(trainer, cfg.dpo.beta, base.reference)
+    trained = dpo.evaluate_trained(trainer, cfg.dpo.beta, base.reference)
     assert trained.metrics["rewards/accuracies"] > 0.9
     assert torch.allclose(dpo.score_pairs(trainer, reference=True).chosen, base.reference.chosen, atol=1e-5)
 
