@@ -241,3 +241,40 @@ def test_login_is_required_when_configured(tiny_model_dir):
         assert text_of(history[-1])
     finally:
         app.close()
+
+
+@pytest.mark.slow
+def test_documents_mode_answers_with_cited_pages(tiny_model_dir, shared_data, tmp_path):
+    """Documents mode end to end: pdf-index builds a real index, the app answers through rag-query."""
+    import subprocess
+    import sys
+
+    from gradio_client import Client
+
+    from tasks.chat_ui import build_app, launch
+
+    index = tmp_path / "index.db"
+    pdf = shared_data / "pdfs" / "pdflatex-4-pages.pdf"
+    env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    done = subprocess.run([sys.executable, "-m", "flows.pdf_index", "--source", str(pdf),
+                           "--set", f"store.uri={index}"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rag_yaml = tmp_path / "rag.yaml"
+    # One chunk of context: the tiny model's context (1024 tokens) holds no more with its toy tokenizer.
+    rag_yaml.write_text(f"store: {{uri: {index}}}\nretrieval: {{k: 1, fetch_k: 5}}\n"
+                        f"llm: {{model: {tiny_model_dir}, max_new_tokens: 16}}\n")
+    config = ChatAppConfig(server=ServerOptions(port=free_port()), models=[str(tiny_model_dir)],
+                           list_registry=False, documents=str(rag_yaml))
+    app = build_app(config)
+    url = launch(app, config)
+    try:
+        client = Client(url, verbose=False, httpx_kwargs=HTTPX)
+        history, notice = client.predict(*chat_args("What is this document about?", [], DOCUMENTS),
+                                         api_name="/chat")
+        assert notice == ""
+        assert [m["role"] for m in history] == ["user", "assistant", "assistant"]
+        assert text_of(history[1]).strip()
+        assert history[2]["metadata"]["title"] == "Sources"
+        assert "pdflatex-4-pages.pdf, page " in text_of(history[2])
+    finally:
+        app.close()
