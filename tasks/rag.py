@@ -156,14 +156,19 @@ def with_citations(answer: str, sources: list[dict[str, Any]]) -> str:
     return f"{answer}\n\nSources: {' '.join(cited)}"
 
 
+def generate_answer(question: str, sources: list[dict[str, Any]], config: RagConfig) -> str:
+    """The chat model's answer from the retrieved chunks only, with [file p.N] citations."""
+    if not sources:
+        return NOT_IN_CONTEXT
+    chain = make_prompt() | make_chat_model(config.llm)
+    reply = chain.invoke({"context": format_context(sources), "question": question.strip()})
+    return with_citations(reply.text, sources)
+
+
 def answer_question(question: str, config: RagConfig, k: int | None = None) -> dict[str, Any]:
     """{"answer": text with [file p.N] citations, "sources": the retrieved chunks}."""
     sources = retrieve(question, config, k)
-    if not sources:
-        return {"answer": NOT_IN_CONTEXT, "sources": []}
-    chain = make_prompt() | make_chat_model(config.llm)
-    reply = chain.invoke({"context": format_context(sources), "question": question.strip()})
-    return {"answer": with_citations(reply.text, sources), "sources": sources}
+    return {"answer": generate_answer(question, sources, config), "sources": sources}
 
 
 # --- retrieval quality (rag-eval) -------------------------------------------------------------
