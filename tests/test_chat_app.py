@@ -278,3 +278,41 @@ def test_documents_mode_answers_with_cited_pages(tiny_model_dir, shared_data, tm
         assert "pdflatex-4-pages.pdf, page " in text_of(history[2])
     finally:
         app.close()
+
+
+def test_a_published_adapter_is_offered_and_answers(tiny_model_dir, tmp_path):
+    """An adapter published to the MLflow registry shows up in the picker and answers, on its base."""
+    import json as json_lib
+
+    import torch
+
+    from tasks import models, publish, tracking
+    from tasks.chat_ui import ChatService
+    from tasks.generation import SamplingSettings
+
+    model, tokenizer, _ = models.load_base_model(str(tiny_model_dir), models.resolve_placement("cpu"))
+    peft_model = models.freeze_and_apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    with torch.no_grad():  # a trained adapter changes the output; a fresh one (B = 0) would not
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.5)
+    adapter_dir = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter_dir)
+    tokenizer.save_pretrained(adapter_dir)
+    (adapter_dir / "ftllm.json").write_text(json_lib.dumps({"base_model": str(tiny_model_dir)}))
+    with tracking.start_run("chat-app-tests"):
+        published = publish.publish_adapter(adapter_dir, "mlflow://chat-test-lora", "# test adapter\n")
+    assert published.uri == "mlflow://chat-test-lora/1"
+
+    config = ChatAppConfig(models=[str(tiny_model_dir)], list_registry=True)
+    assert model_choices(config) == [str(tiny_model_dir), published.uri]
+
+    service = ChatService(config)
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=12)
+    replies = {}
+    for choice in (str(tiny_model_dir), published.uri):
+        *_, (history, notice) = service.reply("Hello", [], choice, "", greedy, session="s1")
+        assert notice == "" and history[-1]["role"] == "assistant"
+        replies[choice] = history[-1]["content"]
+    assert replies[published.uri] and replies[published.uri] != replies[str(tiny_model_dir)]
+    assert [e["status"] for e in service.sessions.log("s1")] == ["done", "done"]
