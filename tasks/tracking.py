@@ -66,7 +66,8 @@ def use_experiment(name: str) -> str:
     configure()
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        return mlflow.create_experiment(name, artifact_location=artifact_root())
+        mlflow.create_experiment(name, artifact_location=artifact_root())
+    # Also after creating it: create_experiment alone leaves the next run in the "Default" experiment.
     return mlflow.set_experiment(name).experiment_id
 
 
