@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import tasks  # noqa: E402,F401  (quiet defaults before the libraries load)
 
 RESULTS = ROOT / "benchmarks" / "results"
-SHORT_PROMPT = "What is the capital of France?"
+SHORT_PROMPT = "Write a short paragraph about the history of Paris."
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 

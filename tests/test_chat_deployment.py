@@ -100,3 +100,19 @@ def test_deployment_serves_the_app_until_the_flow_run_is_cancelled(stack, tiny_m
     assert not page_is_up(url)
     print(f"port freed {freed_after:.1f} s after `prefect flow-run cancel` was started")
     assert freed_after < 60
+
+
+@pytest.mark.slow
+def test_login_from_a_prefect_secret_block(stack):
+    """server.auth_secret names a Secret block on the Prefect server; only its name is in the config."""
+    code = (
+        "from prefect.blocks.system import Secret\n"
+        "from tasks.chat_ui import ServerOptions, resolve_auth\n"
+        "from tasks.config import ConfigError\n"
+        "Secret(value={'username': 'carol', 'password': 'block-pass-123'}).save('chat-login', overwrite=True)\n"
+        "print(resolve_auth(ServerOptions(auth_secret='chat-login')))\n"
+        "try:\n    resolve_auth(ServerOptions(auth_secret='no-such-block'))\n"
+        "except ConfigError as error:\n    print(error)\n")
+    lines = run([sys.executable, "-c", code], stack).strip().splitlines()
+    assert lines[0] == "('carol', 'block-pass-123')"
+    assert lines[1].startswith("server.auth_secret: no Prefect Secret block named 'no-such-block'")
