@@ -31,8 +31,10 @@ def tracking_uri() -> str:
 
 
 def artifact_root() -> str | None:
-    """Where new experiments keep artifacts; only set for the embedded store (a server has its own)."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
+    """Where new experiments keep artifacts; only set for a local store (a server has its own)."""
+    # Not "is MLFLOW_TRACKING_URI set": mlflow.set_tracking_uri() exports it, so every experiment
+    # created after configure() fell back to ./mlruns in the working directory, outside FTLLM_DATA_DIR.
+    if tracking_uri().startswith(("http://", "https://")):
         return None
     return (data_dir() / "mlartifacts").as_uri()
 
