@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         print_options(LoraFinetuneConfig)
         return 0
     try:
+        load_config(LoraFinetuneConfig, args.config, args.overrides)  # bad options fail before Prefect starts
         story = lora_finetune(config=args.config, overrides=args.overrides)
     except Exception as error:  # the flow already recorded the failure; tell the person why
         print(f"lora-finetune FAILED: {type(error).__name__}: {error}", file=sys.stderr)
