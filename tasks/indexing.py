@@ -33,6 +33,7 @@ from tasks.pdfs import ExtractedPdf, FetchOptions, PdfError, display_name
 from tasks.vectorstores import StoreOptions
 
 STATUSES = ("indexed", "unchanged", "replaced", "deleted", "failed")
+KEY_ENCODER = "sha256"  # how LangChain's index API hashes a chunk into its id (its SHA-1 default warns)
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ def upsert_document(doc: ExtractedPdf, chunks: list[Document], new_fingerprint: 
     before = catalog.get(doc.source)
     catalog.begin(doc.source)
     result = index(chunks, record_manager, vector_store, cleanup="incremental", source_id_key="source",
-                   batch_size=256)
+                   batch_size=256, key_encoder=KEY_ENCODER)
     catalog.complete(doc.source, new_fingerprint, doc.page_count, chunks)
     if before is None:
         status, reason = "indexed", ""
