@@ -159,7 +159,8 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
                                                FLOW, run.info.run_id)
                 card = publish.model_card(
                     base_model_hub_id=hub_base, dataset=cfg.data.train, config=tracking.params_of(cfg),
-                    metrics={**dpo.metrics_for_card(base, trained), **result.summary()},
+                    metrics={**dpo.metrics_for_card(base, trained),  # no local paths in a card
+                             **{k: v for k, v in result.summary().items() if k != "output_dir"}},
                     mlflow_run_id=run.info.run_id, flow=FLOW)
                 published = push_to_hub(adapter_dir, cfg, card, token, run.info.run_id)
                 story["published"] = {"uri": published.uri, "location": published.location}
