@@ -140,16 +140,16 @@ def run_trainer(trainer, output_dir: Path, resume: bool) -> TrainResult:
     if not resume and output_dir.exists():
         shutil.rmtree(output_dir)  # a fresh run must not mix with an older run's checkpoints
     resumed_from = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+    tokens_before = 0
     if checkpoint:
         log.info("resuming from %s", checkpoint)
+        # Read now: save_total_limit may rotate this checkpoint away while training goes on.
+        saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        tokens_before = int(saved.get("num_input_tokens_seen", 0))
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     state = trainer.state
-    tokens_before = 0
-    if checkpoint:
-        saved = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        tokens_before = int(saved.get("num_input_tokens_seen", 0))
     tokens = int(state.num_input_tokens_seen) - tokens_before
     history = [(entry["step"], entry["loss"]) for entry in state.log_history if "loss" in entry]
     return TrainResult(steps=state.global_step, resumed_from_step=resumed_from,
