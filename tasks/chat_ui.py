@@ -75,7 +75,8 @@ class ServerOptions:
 @dataclass
 class SamplingOptions:
     """The sliders' starting values; SamplingSettings checks the same ranges at generation time."""
-    temperature: float = option(0.7, help="sampling temperature; 0 = greedy")
+    # SmolLM2's model card suggests 0.2: at 0.7 the 135M model drifts (into French, for one).
+    temperature: float = option(0.2, help="sampling temperature; 0 = greedy")
     top_p: float = option(0.9, help="nucleus sampling: smallest set of tokens with this total probability")
     top_k: int = option(50, help="sample among the k most likely tokens; 0 = no limit")
     repetition_penalty: float = option(1.1, help="penalty on tokens already in the text; 1 = none")
@@ -111,9 +112,8 @@ class ChatAppConfig:
                                               "'Documents' choice, answered by rag-query with cited pages")
     preload: bool = option(True, help="load the default model before serving, so the first reply is fast")
     max_loaded_models: int = option(3, help="models kept in memory at once; the least recently used goes")
-    system_prompt: str = option("You are a helpful assistant. Answer briefly and truthfully.",
-                                help="system message before every conversation (editable in the app); "
-                                     "empty: the chat template's own default")
+    system_prompt: str = option("", help="system message before every conversation (editable in the app); "
+                                         "empty: the chat template's own default (SmolLM2 answers best with it)")
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     title: str = option("finetuning-llm chat", help="page title and heading")
     disclaimer: str = option(
@@ -482,7 +482,8 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
             stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
             clear = gr.Button("Clear", elem_id="clear", scale=1)
         with gr.Accordion("Advanced options", open=False, elem_id="advanced"):
-            system_prompt = gr.Textbox(config.system_prompt, label="System prompt", lines=2, elem_id="system-prompt")
+            system_prompt = gr.Textbox(config.system_prompt, label="System prompt", lines=2, elem_id="system-prompt",
+                                       placeholder="empty: the model's own default system prompt")
             temperature = gr.Slider(0.0, 2.0, value=s.temperature, step=0.05, label="Temperature (0 = greedy)",
                                     elem_id="temperature")
             top_p = gr.Slider(0.05, 1.0, value=s.top_p, step=0.05, label="Top-p", elem_id="top-p")

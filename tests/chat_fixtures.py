@@ -82,7 +82,8 @@ def chat_server(tiny_model_dir, slow_model_dir, broken_model_dir):
     tiny, slow, broken = str(tiny_model_dir), str(slow_model_dir), str(broken_model_dir)
     config = ChatAppConfig(server=ServerOptions(port=free_port(), concurrency_limit=4),
                            models=[tiny, slow, broken], list_registry=False,
-                           sampling=SamplingOptions(max_new_tokens=24),
+                           sampling=SamplingOptions(temperature=0.7, max_new_tokens=24),
+                           system_prompt="You are a tiny test model.",
                            privacy_policy_url="https://example.org/chat-privacy")
     service = ChatService(config)
     app = build_app(config, service)

@@ -117,7 +117,7 @@ def test_page_shows_disclaimer_privacy_link_and_controls(page, chat_server):
     page.click("#advanced button")
     for slider in ("temperature", "top-p", "top-k", "repetition-penalty", "max-new-tokens"):
         page.locator(f"#{slider} input[type=range]").wait_for(state="visible")
-    assert page.locator("#system-prompt textarea").input_value().startswith("You are a helpful assistant")
+    assert page.locator("#system-prompt textarea").input_value() == "You are a tiny test model."
 
 
 def test_reply_streams_in_and_stop_ends_the_generation(page, chat_server):
