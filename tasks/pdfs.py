@@ -140,6 +140,8 @@ def _download(url: str, options: FetchOptions) -> bytes:
         except _Retryable as error:
             if attempt >= options.retries:
                 raise PdfError(f"{error} (gave up after {attempt + 1} attempts)") from None
+        except httpx.UnsupportedProtocol as error:  # the URL was http(s): only a redirect lands here
+            raise PdfError(f"redirected to a non-http(s) URL, refused ({error})") from None
         except httpx.HTTPError as error:  # connection refused, DNS, protocol errors: worth a retry
             if attempt >= options.retries:
                 raise PdfError(f"download failed: {type(error).__name__}: {error} "
