@@ -56,3 +56,40 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):  # 30 s default: too short on a loaded machine
         yield
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """The project's local stack (deployments/stack.sh) on free ports in a fresh data folder.
+
+    Yields the environment a user gets from `eval "$(bash deployments/stack.sh env)"`.
+    """
+    import socket
+    import subprocess
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path_factory.mktemp("stack")
+    env = {**os.environ, "FTLLM_DATA_DIR": str(data), "FTLLM_PREFECT_PORT": str(free_port()),
+           "FTLLM_MLFLOW_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+
+    def stack(command: str, timeout: float) -> str:
+        done = subprocess.run(["bash", "deployments/stack.sh", command], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"stack.sh {command} failed:\n{done.stdout}\n{done.stderr}")
+        return done.stdout
+
+    try:
+        stack("start", 300)
+        for line in stack("env", 30).splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            env[key] = value.strip('"')
+        yield env
+    finally:
+        subprocess.run(["bash", "deployments/stack.sh", "stop"], cwd=root, env=env, capture_output=True, timeout=180)
