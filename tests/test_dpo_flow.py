@@ -72,7 +72,8 @@ def test_flow_trains_gates_publishes_and_verifies(prefect_harness, tiny_model_di
     assert (published / "adapter_model.safetensors").is_file() and not (published / "ref").exists()
     recorded = json.loads((published / "ftllm.json").read_text())
     assert recorded["base_model"] == str(tiny_model_dir) and recorded["flow"] == "dpo-finetune"
-    assert "eval_rewards/accuracies" in (published / "README.md").read_text()
+    card = (published / "README.md").read_text()
+    assert "eval_rewards/accuracies" in card and str(tmp_path) not in card  # metrics, and no local paths
     assert not (tmp_path / "checkpoints").exists()  # published: checkpoints removed, a rerun starts fresh
 
 
