@@ -425,13 +425,22 @@ def fetch_adapter(uri: str, token: str | None = None, dest: Path | None = None) 
     """Download a fresh copy of a published adapter (no cache shared with earlier runs)."""
     target = parse_uri(uri, for_fetch=True)
     if target.scheme == "hf":
-        return _fetch_hub(target, token, dest)
+        return _safetensors_only(_fetch_hub(target, token, dest), uri)
     if target.scheme == "mlflow":
-        return _fetch_mlflow(target, dest)
+        return _safetensors_only(_fetch_mlflow(target, dest), uri)
     folder = Path(target.name)
     if not (folder / ADAPTER_CONFIG).is_file():
         raise PublishError(f"{uri}: {folder} holds no {ADAPTER_CONFIG}; nothing was published there")
-    return _place(folder, dest)
+    return _place(_safetensors_only(folder, uri), dest)
+
+
+def _safetensors_only(folder: Path, uri: str) -> Path:
+    """A fetched adapter must carry safetensors weights: PEFT would unpickle an adapter_model.bin instead."""
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
+        found = f" (found {', '.join(pickles)}: pickled weights are never loaded)" if pickles else ""
+        raise PublishError(f"{uri}: no {ADAPTER_WEIGHTS} in the fetched adapter{found}")
+    return folder
 
 
 def _fetch_hub(target: _Target, token: str | None, dest: Path | None) -> Path:
