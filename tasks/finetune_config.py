@@ -81,6 +81,9 @@ class TrainOptions:
     packing: bool = option(True, help="pack rows into full sequences, attention reset per row (the fast path)")
     gradient_checkpointing: Literal["auto", "on", "off"] = option(
         "auto", help="auto: off on the CPU (it only costs time), on for GPUs when memory needs it")
+    memory_budget_gb: float | None = option(
+        None, help="GPU memory a step may use (GiB); gradient_checkpointing=auto turns checkpointing on only "
+                   "when a measured step would not fit (default: 90% of the GPU)")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto", help="auto: fp32 on the CPU, bf16 on GPUs that support it")
     device: Literal["auto", "cpu", "cuda"] = option("auto", help="where to train")
@@ -102,6 +105,8 @@ class TrainOptions:
         require(self.grad_accum > 0, "train.grad_accum", f"must be positive, got {self.grad_accum}")
         require(self.logging_steps > 0, "train.logging_steps", f"must be positive, got {self.logging_steps}")
         require(self.save_steps > 0, "train.save_steps", f"must be positive, got {self.save_steps}")
+        require(self.memory_budget_gb is None or self.memory_budget_gb > 0, "train.memory_budget_gb",
+                f"must be positive, got {self.memory_budget_gb}")
         require(self.num_threads is None or self.num_threads > 0, "train.num_threads",
                 f"must be positive, got {self.num_threads}")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from tasks.config import data_dir, flatten
+from tasks.config import ConfigError, data_dir, flatten
 from tasks.finetune_config import TrainOptions
 from tasks.models import Placement
 
@@ -51,22 +52,115 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
-def use_gradient_checkpointing(options: TrainOptions, placement: Placement) -> bool:
-    if options.gradient_checkpointing == "auto":
-        return placement.device == "cuda"
-    return options.gradient_checkpointing == "on"
+# Activation memory of a step beyond what the saved tensors hold (gradients in flight, the loss's
+# upcast logits, allocator slack): a margin on the probe's count, not a measured law.
+ACTIVATION_HEADROOM = 1.25
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one training step needs on the device without gradient checkpointing, against the budget."""
+    resident_bytes: int  # weights already on the device + gradients and AdamW moments of the trainable ones
+    activation_bytes: int  # tensors saved for backward by one full step (measured on a probe row, scaled)
+    budget_bytes: int
+
+    @property
+    def fits(self) -> bool:
+        return self.resident_bytes + ACTIVATION_HEADROOM * self.activation_bytes <= self.budget_bytes
+
+    def describe(self) -> str:
+        gib = 1024 ** 3
+        return (f"{self.resident_bytes / gib:.1f} GiB resident + {ACTIVATION_HEADROOM} x "
+                f"{self.activation_bytes / gib:.1f} GiB activations vs a {self.budget_bytes / gib:.1f} GiB budget")
+
+
+def saved_activation_bytes(model, batch: dict[str, Any]) -> int:
+    """Bytes of the tensors autograd keeps for backward in one forward pass (each storage once).
+
+    Counted with saved-tensor hooks, so it is the same number on any device, needs no backward,
+    and sees what the attention kernel, Liger's fused loss or checkpointing actually keep.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = model(**batch, use_cache=False)  # as in training: no KV cache, packed rows detected
+    del output
+    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(size for pointer, size in storages.items() if pointer not in parameters)
+
+
+def estimate_memory(model, probe_batch: dict[str, Any], tokens_per_step: int,
+                    budget_gib: float | None = None) -> MemoryEstimate:
+    """Memory of a step of `tokens_per_step` tokens without checkpointing, from a probe batch's count.
+
+    Saved activations grow linearly with tokens (flash/sdpa attention keeps no seq x seq matrix),
+    so one short probe row predicts the full step. Budget: `budget_gib`, else 90% of the GPU.
+    """
+    probe_tokens = int(probe_batch["input_ids"].numel())
+    was_checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    if was_checkpointing:
+        model.gradient_checkpointing_disable()
+    try:
+        per_token = saved_activation_bytes(model, probe_batch) / probe_tokens
+    finally:
+        if was_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    device = probe_batch["input_ids"].device
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    if device.type == "cuda":
+        resident = torch.cuda.memory_allocated(device) + 3 * trainable  # + grads + two AdamW moments
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        resident = sum(p.numel() * p.element_size() for p in model.parameters()) + 3 * trainable
+        total = None
+    if budget_gib is not None:
+        budget = int(budget_gib * 1024 ** 3)
+    elif total is not None:
+        budget = int(0.9 * total)
+    else:
+        raise ValueError("estimate_memory: give budget_gib when the model is not on a GPU")
+    return MemoryEstimate(resident, int(per_token * tokens_per_step), budget)
+
+
+def use_gradient_checkpointing(options: TrainOptions, placement: Placement,
+                               estimate: MemoryEstimate | None = None) -> bool:
+    """on/off as asked; auto: never on the CPU (it only costs time), on a GPU only when memory needs it.
+
+    Without an estimate yet (before the model is loaded), auto on a GPU says on: the safe guess.
+    """
+    if options.gradient_checkpointing != "auto":
+        return options.gradient_checkpointing == "on"
+    if placement.device != "cuda":
+        return False
+    return estimate is None or not estimate.fits
+
+
+def attention_implementation(placement: Placement) -> str:
+    """The attention kernel to train with; both keep packed rows apart.
+
+    flash-attention 2 (when installed, in half precision on CUDA) takes the row boundaries as
+    cu_seq_lens; sdpa gets the block-diagonal mask transformers builds from the position ids.
+    """
+    half = placement.precision in ("bf16", "fp16")
+    if placement.device == "cuda" and half and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
 
 
 def use_liger(options: TrainOptions, placement: Placement) -> bool:
+    """Liger's fused kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy): Triton, so CUDA only."""
     if options.liger == "off" or placement.device != "cuda":
         return False
-    try:
-        import liger_kernel  # noqa: F401
-    except ImportError:
-        if options.liger == "on":
-            raise
-        return False
-    return True
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if options.liger == "on" and not installed:
+        raise ConfigError("train.liger: on, but the package liger-kernel is not installed "
+                          "(pip install liger-kernel, or train.liger=auto)")
+    return installed
 
 
 def trainer_arguments(options: TrainOptions, placement: Placement, output_dir: Path) -> dict[str, Any]:
@@ -158,14 +252,12 @@ def run_trainer(trainer, output_dir: Path, resume: bool) -> TrainResult:
                        output_dir=str(output_dir), loss_history=history)
 
 
-def train_sft(model, tokenizer, examples: list[dict[str, list[int]]], options: TrainOptions,
-              placement: Placement, output_dir: Path, max_length: int) -> TrainResult:
-    """Supervised fine-tuning of the (LoRA-wrapped) model on tokenized prompt/completion rows."""
+def sft_trainer(model, tokenizer, examples: list[dict[str, list[int]]], options: TrainOptions,
+                placement: Placement, output_dir: Path, max_length: int, callbacks: list | None = None):
+    """TRL's SFTTrainer as every SFT run (and the speed benchmark) builds it from TrainOptions."""
     import datasets
     from trl import SFTConfig, SFTTrainer
 
-    if options.num_threads:
-        torch.set_num_threads(options.num_threads)
     args = SFTConfig(
         **trainer_arguments(options, placement, output_dir),
         max_length=max_length,
@@ -174,9 +266,42 @@ def train_sft(model, tokenizer, examples: list[dict[str, list[int]]], options: T
         completion_only_loss=True,
         dataset_num_proc=None,
     )
+    return SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(examples),
+                      processing_class=tokenizer, callbacks=callbacks)
+
+
+def decide_checkpointing(trainer, options: TrainOptions, placement: Placement, max_length: int) -> bool:
+    """Settle `gradient_checkpointing: auto` on a GPU by measuring a packed row (`train.memory_budget_gb`).
+
+    The trainer's model is probed as it will train (Liger patched, attention kernel chosen); the
+    answer goes into the trainer's arguments and the model, which `freeze_and_apply_lora` may have
+    set up with the safe guess (on).
+    """
+    estimate = None
+    if options.gradient_checkpointing == "auto" and placement.device == "cuda":
+        probe = trainer.data_collator([trainer.train_dataset[0]])
+        probe = {k: v.to(placement.device) if isinstance(v, torch.Tensor) else v for k, v in probe.items()}
+        tokens_per_step = options.batch_size * max_length
+        with torch.autocast("cuda", dtype=placement.dtype, enabled=placement.precision != "fp32"):
+            estimate = estimate_memory(trainer.model, probe, tokens_per_step, options.memory_budget_gb)
+    checkpointing = use_gradient_checkpointing(options, placement, estimate)
+    if estimate is not None:
+        log.info("gradient checkpointing %s: %s", "on" if checkpointing else "off", estimate.describe())
+    trainer.args.gradient_checkpointing = checkpointing
+    if not checkpointing and getattr(trainer.model, "is_gradient_checkpointing", False):
+        trainer.model.gradient_checkpointing_disable()
+    return checkpointing
+
+
+def train_sft(model, tokenizer, examples: list[dict[str, list[int]]], options: TrainOptions,
+              placement: Placement, output_dir: Path, max_length: int) -> TrainResult:
+    """Supervised fine-tuning of the (LoRA-wrapped) model on tokenized prompt/completion rows."""
+    if options.num_threads:
+        torch.set_num_threads(options.num_threads)
     model.train()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(examples),
-                         processing_class=tokenizer, callbacks=[mlflow_log_callback()])
+    trainer = sft_trainer(model, tokenizer, examples, options, placement, output_dir, max_length,
+                          callbacks=[mlflow_log_callback()])
+    decide_checkpointing(trainer, options, placement, max_length)
     result = run_trainer(trainer, output_dir, options.resume)
     model.eval()
     return result
