@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -128,6 +130,8 @@ class ChatAppConfig:
                 "must list at least one model choice, none empty")
         require(self.registry_versions >= 1, "registry_versions", f"must be at least 1, got {self.registry_versions}")
         require(self.max_loaded_models >= 1, "max_loaded_models", f"must be at least 1, got {self.max_loaded_models}")
+        require(self.documents is None or Path(self.documents).is_file(), "documents",
+                f"RAG config file not found: {self.documents} (e.g. configs/rag.yaml)")
         require(self.privacy_policy_url.startswith(("https://", "http://", "/")), "privacy_policy_url",
                 f"must be an http(s) URL or a path, got {self.privacy_policy_url!r}")
 
@@ -256,7 +260,7 @@ class Sessions:
     def __init__(self):
         self._sessions: dict[str, _Session] = {}
         self._guard = threading.Lock()
-        self._ids = iter(range(1, 1 << 62))
+        self._ids = itertools.count(1)
 
     def _get(self, session: str) -> _Session:
         return self._sessions.setdefault(session, _Session())

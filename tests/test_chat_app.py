@@ -94,6 +94,8 @@ def test_documents_choice_only_when_configured(tiny_model_dir):
     assert model_choices(base) == [str(tiny_model_dir)]
     with_docs = ChatAppConfig(models=[str(tiny_model_dir)], list_registry=False, documents="configs/rag.yaml")
     assert model_choices(with_docs) == [str(tiny_model_dir), DOCUMENTS]
+    with pytest.raises(ConfigError, match="documents: RAG config file not found: configs/nope.yaml"):
+        ChatAppConfig(models=[str(tiny_model_dir)], documents="configs/nope.yaml")
 
 
 # --- the served app through gradio_client -------------------------------------------------------
