@@ -98,6 +98,7 @@ def vectors(index_file: Path, collection: str = "pdf_chunks") -> list[dict]:
     try:
         if not client.has_collection(collection):
             return []
+        client.load_collection(collection)  # a fresh client finds the collection released
         return client.query(collection, filter='chunk_id != ""', output_fields=["source", "chunk_id"], limit=16000,
                             consistency_level="Strong")
     finally:
