@@ -130,7 +130,7 @@ def pdf_index(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
         vectorstores.persist(vector_store)
     finally:
         catalog.close()
-        vectorstores.close(vector_store)
+        vectorstores.close(vector_store, cfg.store)
     seconds = time.perf_counter() - started
     publish_report(reports, cfg, seconds)
     log_to_mlflow(reports, cfg, seconds)

@@ -8,9 +8,9 @@ chat model's answer, which cites pages as `[paper.pdf p.3]`. Both read the index
 
 from __future__ import annotations
 
-import functools
 import json
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -63,21 +63,35 @@ def _key(*options: Any) -> str:
     return json.dumps([asdict(o) for o in options], sort_keys=True)
 
 
-@functools.lru_cache(maxsize=4)
-def _open_index(key: str):
-    store_dict, embed_dict = json.loads(key)
-    store, embeddings = StoreOptions(**store_dict), EmbeddingOptions(**embed_dict)
-    catalog = Catalog(records_path(store), store.collection)
-    return make_vector_store(store, make_embeddings(embeddings)), catalog
+_OPEN: dict[str, tuple[Any, Catalog, StoreOptions]] = {}
+_OPENING = threading.Lock()
 
 
 def open_index(config: RagConfig):
-    """(vector store, catalog) for the configured index; RagError when nothing was indexed there yet."""
-    vector_store, catalog = _open_index(_key(config.store, config.embeddings))
-    if not catalog.sources():
-        raise RagError(f"the index {index_location(config.store)} (collection {config.store.collection}) holds no "
-                       "documents yet: run python -m flows.pdf_index --source <pdf, folder or URL> first")
-    return vector_store, catalog
+    """(vector store, catalog), opened once per process; RagError when nothing was indexed there yet."""
+    key = _key(config.store, config.embeddings)
+    with _OPENING:
+        if key in _OPEN:
+            return _OPEN[key][:2]
+        catalog = Catalog(records_path(config.store), config.store.collection)
+        if not catalog.sources():
+            # Checked before the store is opened: a store opened before its collection exists stays empty.
+            raise RagError(f"the index {index_location(config.store)} (collection {config.store.collection}) holds "
+                           "no documents yet: run python -m flows.pdf_index --source <pdf, folder or URL> first")
+        _OPEN[key] = (make_vector_store(config.store, make_embeddings(config.embeddings)), catalog, config.store)
+        return _OPEN[key][:2]
+
+
+def close_index() -> None:
+    """Release every index this process opened: a Milvus Lite file serves one process at a time, so a
+    long-running app closes it to let pdf-index update it."""
+    from tasks.vectorstores import close
+
+    with _OPENING:
+        for vector_store, catalog, store in _OPEN.values():
+            close(vector_store, store)
+            catalog.close()
+        _OPEN.clear()
 
 
 # --- retrieval --------------------------------------------------------------------------------

@@ -118,7 +118,13 @@ def _milvus_class():
     return IdempotentMilvus
 
 
+class StoreUnavailable(RuntimeError):
+    """The vector store cannot be opened; the message says why and what to do."""
+
+
 def _milvus(store: StoreOptions, embeddings: Embeddings) -> VectorStore:
+    from pymilvus.exceptions import MilvusException
+
     location = index_location(store)
     connection: dict[str, Any] = {"uri": location}
     if token := _token(store):
@@ -126,6 +132,20 @@ def _milvus(store: StoreOptions, embeddings: Embeddings) -> VectorStore:
     if not is_server_uri(location):
         Path(location).parent.mkdir(parents=True, exist_ok=True)
     server = is_server_uri(location)
+    try:
+        return _open_milvus(store, embeddings, connection, server)
+    except MilvusException as error:
+        if server:
+            raise StoreUnavailable(f"Milvus server {location} cannot be reached or refused the connection "
+                                   f"({error.message}); is it running?") from None
+        # Milvus Lite serves a file to one process at a time.
+        raise StoreUnavailable(f"the Milvus Lite index {location} cannot be opened ({error.message}); another "
+                               "process (a chat app, a running pdf-index or rag-query) may have it open: Milvus "
+                               "Lite allows one process per file. Stop it, or use a Milvus server "
+                               "(store.uri=http://127.0.0.1:19530) for concurrent use") from None
+
+
+def _open_milvus(store: StoreOptions, embeddings: Embeddings, connection: dict[str, Any], server: bool) -> VectorStore:
     return _milvus_class()(
         embedding_function=embeddings,
         collection_name=store.collection,
@@ -184,10 +204,17 @@ def persist(vector_store: VectorStore) -> None:
         flush()
 
 
-def close(vector_store: VectorStore) -> None:
-    client = getattr(vector_store, "_client", None)  # Weaviate keeps a connection open
-    if client is not None and hasattr(client, "close"):
-        client.close()
+def close(vector_store: VectorStore, store: StoreOptions | None = None) -> None:
+    """Close the store's connection; for Milvus Lite also stop its file server, so another process can open it."""
+    for name in ("_client", "client"):  # Weaviate keeps it in _client, langchain-milvus in client
+        client = getattr(vector_store, name, None)
+        if client is not None and hasattr(client, "close"):
+            client.close()
+            break
+    if store is not None and store.kind == "milvus" and not is_server_uri(index_location(store)):
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(index_location(store))
 
 
 def similarity_search(vector_store: VectorStore, query: str, k: int, search: str = "similarity",
