@@ -3,7 +3,8 @@
 - `slow_model_dir`: the tiny model's tokenizer on a deeper (16-layer) random model that never
   emits an end-of-sequence token, so a long reply reliably runs for seconds and Stop lands mid-reply.
 - `broken_model_dir`: a model folder whose config.json is corrupt: loading it fails.
-- `chat_server`: the real app (tasks.chat_ui.build_app + launch) serving those models and the tiny one.
+- `chat_model_dir`: the tiny test model, made to reply with exactly max_new_tokens tokens.
+- `chat_server`: the real app (tasks.chat_ui.build_app + launch) serving these three models.
 """
 
 from __future__ import annotations
@@ -51,6 +52,32 @@ def build_slow_model(tokenizer_dir: Path, folder: Path) -> Path:
     return folder
 
 
+def never_ending(model_dir: Path, folder: Path) -> Path:
+    """A copy of a model that does not stop at its end-of-sequence token.
+
+    A random tiny model samples that token first now and then (a few % with top-k 50), and an empty
+    reply would make a browser test wait for a message that never comes.
+    """
+    import json
+    import shutil
+
+    if not (folder / "config.json").is_file():
+        shutil.copytree(model_dir, folder)
+        for name in ("config.json", "generation_config.json"):
+            path = folder / name
+            if path.is_file():
+                config = json.loads(path.read_text())
+                config["eos_token_id"] = None
+                path.write_text(json.dumps(config, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def chat_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny test model, replies always as long as max_new_tokens."""
+    return never_ending(tiny_model_dir, tmp_path_factory.mktemp("chat") / "tiny-qwen2-chat")
+
+
 @pytest.fixture(scope="session")
 def slow_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     return build_slow_model(tiny_model_dir, tmp_path_factory.mktemp("slow") / "slow-qwen2")
@@ -76,10 +103,10 @@ class ChatServer:
 
 
 @pytest.fixture(scope="session")
-def chat_server(tiny_model_dir, slow_model_dir, broken_model_dir):
+def chat_server(chat_model_dir, slow_model_dir, broken_model_dir):
     from tasks.chat_ui import ChatAppConfig, ChatService, SamplingOptions, ServerOptions, build_app, launch
 
-    tiny, slow, broken = str(tiny_model_dir), str(slow_model_dir), str(broken_model_dir)
+    tiny, slow, broken = str(chat_model_dir), str(slow_model_dir), str(broken_model_dir)
     config = ChatAppConfig(server=ServerOptions(port=free_port(), concurrency_limit=4),
                            models=[tiny, slow, broken], list_registry=False,
                            sampling=SamplingOptions(temperature=0.7, max_new_tokens=24),

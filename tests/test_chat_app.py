@@ -12,7 +12,7 @@ import pytest
 from tasks.chat_ui import (DOCUMENTS, ChatAppConfig, ServerOptions, model_choices, model_messages,
                            resolve_auth)
 from tasks.config import ConfigError, load_config
-from tests.chat_fixtures import broken_model_dir, chat_server, free_port, slow_model_dir  # noqa: F401
+from tests.chat_fixtures import broken_model_dir, chat_model_dir, chat_server, free_port, slow_model_dir  # noqa: F401
 
 HTTPX = {"timeout": 60}  # two shared cores can be slow to answer; httpx's default is 5 s
 SETTINGS = dict(system="You are a test.", temperature=0.7, top_p=0.9, top_k=50, repetition_penalty=1.1)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chat_fixtures import broken_model_dir, chat_server, slow_model_dir  # noqa: F401
+from tests.chat_fixtures import broken_model_dir, chat_model_dir, chat_server, slow_model_dir  # noqa: F401
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
