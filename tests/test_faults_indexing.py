@@ -25,7 +25,7 @@ from tests.flaky_http import FlakyServer
 from tests.rag_fixtures import GOOD_PDFS
 from tests.reliability_fixtures import child_env, kill_group, prefect_server, run_flow, start_flow, wait_for  # noqa: F401
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = pytest.mark.timeout(600)  # flows in child processes on a loaded 2-core machine
 
 CONFIG = "configs/pdf_index.yaml"
 FAST = FetchOptions(timeout_s=1.0, retries=2, backoff_s=0.05, max_mb=1.0)
@@ -128,11 +128,11 @@ def completed(records: Path) -> int:
 
 @pytest.mark.slow
 def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefect_server, shared_data, tmp_path):  # noqa: F811
-    # 20 small documents (the 5 small shared PDFs, 4 copies each under their own names): written
+    # 15 small documents (the 5 small shared PDFs, 3 copies each under their own names): written
     # one document at a time, so a SIGKILL lands between and inside documents' upserts.
     docs = tmp_path / "docs"
     docs.mkdir()
-    for copy in range(4):
+    for copy in range(3):
         for name in GOOD_PDFS:
             shutil.copy(shared_data / "pdfs" / name, docs / f"{copy}-{name}")
     index_file = tmp_path / "index.db"
@@ -149,7 +149,7 @@ def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefec
     finally:
         kill_group(process)
     done_at_kill = completed(records)
-    assert 3 <= done_at_kill < 20, done_at_kill
+    assert 3 <= done_at_kill < 15, done_at_kill
 
     # Between the runs, two documents leave the sources: one indexed before the kill, one not.
     with sqlite3.connect(records) as db:
@@ -173,7 +173,7 @@ def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefec
     assert len(ids) == len(set(ids)), "duplicate chunks in the store"
     assert set(ids) == set().union(*expected.values()), "orphaned or missing chunks"
     assert {row["source"] for row in rows} == set(expected)
-    print(f"\npdf-index: killed after {done_at_kill}/20 documents; rerun left {len(ids)} chunks = "
+    print(f"\npdf-index: killed after {done_at_kill}/15 documents; rerun left {len(ids)} chunks = "
           f"exactly the chunks of the {len(expected)} current sources")
 
 
