@@ -102,14 +102,14 @@ def estimate_memory(model, probe_batch: dict[str, Any], tokens_per_step: int,
     so one short probe row predicts the full step. Budget: `budget_gib`, else 90% of the GPU.
     """
     probe_tokens = int(probe_batch["input_ids"].numel())
-    was_checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    was_checkpointing = getattr(model, "is_activation_checkpointing", False)
     if was_checkpointing:
-        model.gradient_checkpointing_disable()
+        model.activation_checkpointing_disable()
     try:
         per_token = saved_activation_bytes(model, probe_batch) / probe_tokens
     finally:
         if was_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     device = probe_batch["input_ids"].device
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     if device.type == "cuda":
@@ -178,8 +178,8 @@ def trainer_arguments(options: TrainOptions, placement: Placement, output_dir: P
         bf16=placement.precision == "bf16",
         fp16=placement.precision == "fp16",
         use_cpu=placement.device == "cpu",
-        gradient_checkpointing=use_gradient_checkpointing(options, placement),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=use_gradient_checkpointing(options, placement),  # = gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False},
         use_liger_kernel=use_liger(options, placement),
         torch_compile=options.torch_compile,
         logging_steps=options.logging_steps,
@@ -287,9 +287,10 @@ def decide_checkpointing(trainer, options: TrainOptions, placement: Placement, m
     checkpointing = use_gradient_checkpointing(options, placement, estimate)
     if estimate is not None:
         log.info("gradient checkpointing %s: %s", "on" if checkpointing else "off", estimate.describe())
-    trainer.args.gradient_checkpointing = checkpointing
-    if not checkpointing and getattr(trainer.model, "is_gradient_checkpointing", False):
-        trainer.model.gradient_checkpointing_disable()
+    # transformers 5 reads activation_checkpointing; gradient_checkpointing is its deprecated mirror.
+    trainer.args.activation_checkpointing = trainer.args.gradient_checkpointing = checkpointing
+    if not checkpointing and getattr(trainer.model, "is_activation_checkpointing", False):
+        trainer.model.activation_checkpointing_disable()
     return checkpointing
 
 
