@@ -104,6 +104,7 @@ def log_to_mlflow(reports: list[DocumentReport], config: PdfIndexConfig, seconds
         mlflow.log_dict([r.as_dict() for r in reports], "report.json")
 
 
+# Four threads: downloads overlap; pypdf itself holds the GIL, so local files gain little (measured).
 @flow(name=FLOW, log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=4))
 def pdf_index(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
               sources: list[str] | None = None) -> list[dict]:

@@ -76,12 +76,10 @@ class EmbeddingOptions:
 class IndexOptions:
     delete_missing: bool = option(True, help="delete documents indexed by earlier runs that are no longer among "
                                              "the sources (only when this run indexed at least one document)")
-    workers: int = option(4, help="documents fetched, extracted and chunked at once")
     min_chars_per_page: int = option(10, help="a PDF with less text than this per page has no text layer "
                                               "(scanned): reported as failed")
 
     def __post_init__(self) -> None:
-        require(self.workers >= 1, "index.workers", f"must be at least 1, got {self.workers}")
         require(self.min_chars_per_page >= 0, "index.min_chars_per_page", f"must be >= 0, got {self.min_chars_per_page}")
 
 

@@ -37,8 +37,8 @@ class StoreOptions:
                                         "weaviate: http://host:8080, or empty for embedded mode. "
                                         "Default: FTLLM_DATA_DIR/rag/index.db (Milvus Lite)")
     collection: str = option("pdf_chunks", help="collection (Milvus) or class (Weaviate) name")
-    records: str | None = option(None, help="record store SQLite file; default: beside a Milvus Lite file, "
-                                            "else FTLLM_DATA_DIR/rag/records-<collection>.db")
+    records: str | None = option(None, help="record store SQLite file; default: beside a Milvus Lite file, else "
+                                            "FTLLM_DATA_DIR/rag/records-<host>-<port>-<collection>.db")
     token_env: str | None = option(None, help="name of an environment variable holding the server's token "
                                               "or API key (never the secret itself)")
 
@@ -72,6 +72,9 @@ def records_path(store: StoreOptions) -> Path:
     elif store.kind == "milvus" and not (store.uri and is_server_uri(store.uri)):
         index_file = Path(index_location(store))
         path = index_file.with_name(f"{index_file.stem}-records.db")
+    elif store.uri and is_server_uri(store.uri):
+        url = urlparse(store.uri)  # one record store per server and collection
+        path = data_dir() / "rag" / f"records-{url.hostname}-{url.port or 'default'}-{store.collection}.db"
     else:
         path = data_dir() / "rag" / f"records-{store.collection}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
