@@ -1,14 +1,13 @@
 """The deployment path: `chat-app/chat-app` run by a real Prefect server and process worker.
 
-Starts the project's local stack (deployments/stack.sh: Prefect server, MLflow server, process
-worker) in a temporary data folder on free ports, deploys the flow, runs it, reaches the page over
+Uses the project's local stack (the `local_stack` fixture: deployments/stack.sh in a temporary
+data folder on free ports), deploys chat-app from prefect.yaml, runs it, reaches the page over
 HTTP, cancels the flow run and checks that the port is free again.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,31 +20,15 @@ import pytest
 from tests.chat_fixtures import free_port, port_is_free
 
 ROOT = Path(__file__).resolve().parent.parent
-POOL = "ftllm-local"  # the work pool deployments/stack.sh creates (prefect.yaml names it)
+PREFECT = str(Path(sys.executable).parent / "prefect")
 
 
-def run(args: list[str], env: dict, timeout: float = 120) -> str:
+def run(args: list[str], env: dict, timeout: float = 180) -> str:
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n"
+                             f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}")
     return done.stdout
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    data = tmp_path_factory.mktemp("chat-stack")
-    env = {**os.environ, "FTLLM_DATA_DIR": str(data), "FTLLM_PREFECT_PORT": str(free_port()),
-           "FTLLM_MLFLOW_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    try:
-        run(["bash", "deployments/stack.sh", "start"], env, timeout=300)
-        exports = run(["bash", "deployments/stack.sh", "env"], env)
-        for line in exports.splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value.strip('"')
-        yield env
-    finally:
-        subprocess.run(["bash", "deployments/stack.sh", "stop"], cwd=ROOT, env=env, capture_output=True, timeout=120)
 
 
 def flow_run_state(env: dict, flow_run_id: str) -> str:
@@ -75,35 +58,32 @@ def page_is_up(url: str) -> bool:
 
 
 @pytest.mark.slow
-def test_deployment_serves_the_app_until_the_flow_run_is_cancelled(stack, tiny_model_dir):
+def test_deployment_serves_the_app_until_the_flow_run_is_cancelled(local_stack, tiny_model_dir):
     port = free_port()
     # `models=PATH`, not `models=[PATH]`: `prefect deployment run` prints the parameters through rich,
-    # which takes "[...]" for markup and fails (Prefect 3.9.1) after creating the run.
+    # which takes "[/...]" for a markup tag and fails (Prefect 3.9.1) after creating the run.
     overrides = [f"models={tiny_model_dir}", f"server.port={port}", "list_registry=false"]
-    deploy = ("import json, sys\nfrom prefect import flow\n"
-              "flow.from_source(source=sys.argv[1], entrypoint='flows/chat_app.py:chat_app').deploy(\n"
-              "    name='chat-app', work_pool_name=sys.argv[2], parameters=json.loads(sys.argv[3]))")
-    run([sys.executable, "-c", deploy, str(ROOT), POOL,
-         json.dumps({"config": "configs/chat.yaml", "overrides": overrides})], stack)
-    out = run([str(Path(sys.executable).parent / "prefect"), "deployment", "run", "chat-app/chat-app"], stack)
+    run([PREFECT, "--no-prompt", "deploy", "--name", "chat-app"], local_stack)
+    out = run([PREFECT, "deployment", "run", "chat-app/chat-app", "--param", f"overrides={json.dumps(overrides)}"],
+              local_stack)
     flow_run_id = next(line.split("UUID:")[1].strip() for line in out.splitlines() if "UUID:" in line)
 
     url = f"http://127.0.0.1:{port}/"
     wait_for(lambda: page_is_up(url), 180, f"the app at {url}")
-    assert flow_run_state(stack, flow_run_id) == "RUNNING"
+    assert flow_run_state(local_stack, flow_run_id) == "RUNNING"
 
     cancelled_at = time.monotonic()
-    run([str(Path(sys.executable).parent / "prefect"), "flow-run", "cancel", flow_run_id], stack)
+    run([PREFECT, "flow-run", "cancel", flow_run_id], local_stack)
     wait_for(lambda: port_is_free(port), 60, f"port {port} to be freed")
     freed_after = time.monotonic() - cancelled_at
-    wait_for(lambda: flow_run_state(stack, flow_run_id) == "CANCELLED", 60, "the flow run to be CANCELLED", 1)
+    wait_for(lambda: flow_run_state(local_stack, flow_run_id) == "CANCELLED", 60, "the flow run to be CANCELLED", 1)
     assert not page_is_up(url)
     print(f"port freed {freed_after:.1f} s after `prefect flow-run cancel` was started")
     assert freed_after < 60
 
 
 @pytest.mark.slow
-def test_login_from_a_prefect_secret_block(stack):
+def test_login_from_a_prefect_secret_block(local_stack):
     """server.auth_secret names a Secret block on the Prefect server; only its name is in the config."""
     code = (
         "from prefect.blocks.system import Secret\n"
@@ -113,6 +93,6 @@ def test_login_from_a_prefect_secret_block(stack):
         "print(resolve_auth(ServerOptions(auth_secret='chat-login')))\n"
         "try:\n    resolve_auth(ServerOptions(auth_secret='no-such-block'))\n"
         "except ConfigError as error:\n    print(error)\n")
-    lines = run([sys.executable, "-c", code], stack).strip().splitlines()
+    lines = run([sys.executable, "-c", code], local_stack).strip().splitlines()
     assert lines[0] == "('carol', 'block-pass-123')"
     assert lines[1].startswith("server.auth_secret: no Prefect Secret block named 'no-such-block'")
