@@ -547,7 +547,8 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
                               api_name="chat", concurrency_id="generate")
         answer_b = taken.then(compare_chat, [compare, pending, chat_b, model_b, system_prompt, *sliders],
                               [chat_b, notice_b], api_name="compare", concurrency_id="generate")
-        answer_a.then(show_log, None, generation_log, api_visibility="private", concurrency_limit=None)
+        for answer in (answer_a, answer_b):  # whichever panel finishes last shows the complete log
+            answer.then(show_log, None, generation_log, api_visibility="private", concurrency_limit=None)
         stop.click(stop_replies, None, generation_log, cancels=[answer_a, answer_b], api_name="stop",
                    concurrency_limit=None)
         clear.click(lambda: ([], [], "", ""), None, [chat_a, chat_b, notice_a, notice_b],
