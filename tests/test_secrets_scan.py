@@ -76,7 +76,7 @@ def test_the_hub_token_never_leaves_the_process(prefect_server, hub, tiny_model_
     rows.write_text("".join(json.dumps({"instruction": f"Say {i}", "output": f"{i} it is."}) + "\n" for i in range(40)))
     env = child_env(prefect_server, data, HF_TOKEN=marker, HF_ENDPOINT=hub.url, HF_HUB_DISABLE_XET="1",
                     HF_HUB_OFFLINE="0", HF_HOME=str(tmp_path / "hf-home"))
-    argv = ["--config", "configs/lora_demo.yaml", f"--set=model.name={tiny_model_dir}", "--set=model.max_length=48",
+    argv = ["--config", "configs/lora_demo.yaml", f"--set=model.name={tiny_model_dir}", "--set=model.max_length=64",
             f"--set=data.train={rows}", "--set=train.max_steps=4", "--set=train.batch_size=4",
             "--set=train.save_steps=2", "--set=lora.r=4", "--set=lora.alpha=8", "--set=eval.sample_prompts=[hi]",
             "--set=eval.max_new_tokens=2", "--set=publish.uri=hf://test-org/secret-scan"]
@@ -86,6 +86,10 @@ def test_the_hub_token_never_leaves_the_process(prefect_server, hub, tiny_model_
     assert hub.state.repos["test-org/secret-scan"].private  # it really went to the Hub, with the token
 
     prefect_home = Path(prefect_server["PREFECT_HOME"])
+    control = tmp_path / "control" / "planted.txt"  # the search itself finds what is there
+    control.parent.mkdir()
+    control.write_text(f"token={marker}")
+    assert files_containing(marker, control.parent) == [str(control)]
     leaked = files_containing(marker, log, data, tmp_path / "hf-home", prefect_home)
     assert leaked == [], f"the Hub token was written to {leaked}"
     assert (data / "mlflow.db").is_file() and any((data / "mlartifacts").rglob("adapter_model.safetensors"))
