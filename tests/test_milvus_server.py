@@ -25,8 +25,13 @@ def milvus_server(tmp_path_factory):
     # On a loaded 2-core machine the components can miss their etcd lease (30 s) and report
     # "service not ready: Abnormal"; longer leases keep a starved server alive.
     config.extra_configs.update({"common.session.ttl": 120, "queryCoord.heartbeatAvailableInterval": 60000})
-    server = milvus.MilvusServer(config)
-    server.start()  # waits for /healthz; Popen runs the milvus binary itself, so stop() ends the real server
+    server = milvus.MilvusServer(config, wait_for_started=False)
+    server.start()  # Popen runs the milvus binary itself, so stop() ends the real server
+    try:
+        server.wait_started(timeout=420_000)  # ms; 5-10 s when idle, minutes on a loaded machine
+    except BaseException:
+        server.stop()
+        raise
     try:
         yield f"http://127.0.0.1:{server.config.get('proxy_port')}"
     finally:
