@@ -27,17 +27,17 @@ def test_index_and_retrieve_on_weaviate(prefect_harness, shared_data, tmp_path):
     docs = pdf_folder(shared_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
     overrides = ["store.kind=weaviate", f"store.uri={WEAVIATE_URL}", f"store.collection={collection}",
                  f"store.records={tmp_path / 'records.db'}"]
+    config = load_config(rag.RagConfig, "configs/rag.yaml", overrides)
     try:
         first = by_name(pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)]))
         assert {r["status"] for r in first.values()} == {"indexed"}
-        config = load_config(rag.RagConfig, "configs/rag.yaml", overrides)
         sources = rag.retrieve("What is the capital of Finland?", config, k=3)
         assert sources[0]["source"].endswith("multicolumn.pdf") and "Helsinki" in sources[0]["text"]
         (docs / "crazyones-pdfa.pdf").unlink()
         second = by_name(pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)]))
         assert second["crazyones-pdfa.pdf"]["status"] == "deleted"
     finally:
-        client = vectorstores.connect_weaviate(config.store if "config" in dir() else
-                                               load_config(rag.RagConfig, "configs/rag.yaml", overrides).store)
+        rag.close_index()
+        client = vectorstores.connect_weaviate(config.store)
         client.collections.delete(vectorstores.weaviate_class_name(collection))
         client.close()
