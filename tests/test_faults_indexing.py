@@ -177,6 +177,7 @@ def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefec
           f"exactly the chunks of the {len(expected)} current sources")
 
 
+@pytest.mark.slow
 def test_flaky_and_hanging_sources_in_one_run(prefect_server, shared_data, flaky, tmp_path):  # noqa: F811
     local = tmp_path / "local.pdf"
     shutil.copy(shared_data / "pdfs" / "crazyones-pdfa.pdf", local)

@@ -152,6 +152,7 @@ def closed_port() -> int:
         return probe.getsockname()[1]  # closed again when the block ends: nothing listens there
 
 
+@pytest.mark.slow
 def test_unreachable_mlflow_fails_dpo_before_training(prefect_server, tiny_model_dir, tmp_path):  # noqa: F811
     # (lora-finetune: tests/test_lora_flow.py::test_mlflow_unreachable_fails_before_any_training)
     module, flow, config, config_cls, overrides = dpo_setup(tiny_model_dir, tmp_path)
