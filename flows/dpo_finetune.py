@@ -173,7 +173,7 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
                 tracking.set_tags({"verify.status": "passed" if verification.passed else "failed"})
                 tracking.log_metrics({"verify_max_abs_logit_diff": verification.max_abs_logit_diff})
                 if not verification.passed:
-                    raise publish.PublishError(f"verification failed: {verification.reason}")
+                    raise publish.VerificationError(verification.reason)
             training.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
     except Exception as error:
         story["error"] = f"{type(error).__name__}: {error}"
