@@ -80,9 +80,9 @@ def child_env(prefect_env: dict[str, str], data_dir: Path, **extra: str) -> dict
 
 def start_flow(module: str, args: list[str], env: dict[str, str], log_file: Path) -> subprocess.Popen:
     """`python -m flows.<module> ARGS` in its own process group (so a SIGKILL takes all of it)."""
-    handle = open(log_file, "wb")
-    return subprocess.Popen([sys.executable, "-m", f"flows.{module}", *args], cwd=ROOT, env=env, stdout=handle,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    with open(log_file, "wb") as handle:  # the child keeps its own copy of the file descriptor
+        return subprocess.Popen([sys.executable, "-m", f"flows.{module}", *args], cwd=ROOT, env=env, stdout=handle,
+                                stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def run_flow(module: str, args: list[str], env: dict[str, str], log_file: Path, timeout: float = 240) -> int:
