@@ -82,7 +82,7 @@ class Phase:
     tokens: int = 0
     seconds: float = 0.0
     peak_bytes: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
+    round_tokens_per_s: list[float] = field(default_factory=list)
 
 
 # --- model and rows ---------------------------------------------------------------------------
@@ -376,6 +376,7 @@ def run(args) -> dict[str, Any]:
                 phase = phases[setup.name]
                 phase.tokens += tokens
                 phase.seconds += seconds
+                phase.round_tokens_per_s.append(tokens / seconds)
                 phase.peak_bytes.append(peak if placement.device == "cuda" else peak - floor)
     peak, peak_source = peak_flops(placement)
     flops_per_token = 4 * base_params
@@ -398,6 +399,7 @@ def run(args) -> dict[str, Any]:
         tokens_per_s = phase.tokens / phase.seconds
         result["setups"][setup.name] = {
             "tokens_per_s": tokens_per_s, "tokens": phase.tokens, "seconds": phase.seconds,
+            "round_tokens_per_s": phase.round_tokens_per_s,
             "peak_gib": max(phase.peak_bytes) / gib,
             "memory": "torch.cuda.max_memory_allocated" if placement.device == "cuda" else "peak RSS above phase start",
             "mfu": tokens_per_s * flops_per_token / peak,
@@ -426,11 +428,13 @@ def markdown(result: dict[str, Any]) -> str:
              f"max_length {result['max_length']}; {result['rounds']} round(s) x {result['steps']} timed steps "
              f"(+{result['warmup']} warm-up) per setup",
              "",
-             "| setup | rows/step | packing | checkpointing | liger | attention | real tokens/s | ratio | peak GiB | MFU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| setup | rows/step | packing | checkpointing | liger | attention | real tokens/s | per round | ratio "
+             "| peak GiB | MFU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in result["setups"].items():
         lines.append(f"| {name} | {s['batch_size']}{' packed' if s['packing'] else ''} | {s['packing']} | "
                      f"{s['gradient_checkpointing']} | {s['liger']} | {s['attention']} | {s['tokens_per_s']:,.0f} | "
+                     f"{' / '.join(f'{v:,.0f}' for v in s['round_tokens_per_s'])} | "
                      f"{s.get('ratio', float('nan')):.2f}x | {s['peak_gib']:.2f} | {s['mfu']:.1%} |")
     lines.append("")
     lines.append(f"MFU: {result['flops_per_token'] / 1e9:.2f} GFLOP per token against {result['peak_flops'] / 1e12:.3g} "

@@ -140,15 +140,55 @@ def use_gradient_checkpointing(options: TrainOptions, placement: Placement,
     return estimate is None or not estimate.fits
 
 
-def attention_implementation(placement: Placement) -> str:
-    """The attention kernel to train with; both keep packed rows apart.
+PACKED_SDPA = "packed_sdpa"
 
-    flash-attention 2 (when installed, in half precision on CUDA) takes the row boundaries as
-    cu_seq_lens; sdpa gets the block-diagonal mask transformers builds from the position ids.
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                          scaling: float | None = None, **kwargs):
+    """sdpa one document at a time when the batch is TRL's padding-free row; plain sdpa otherwise.
+
+    A padding-free batch is a single row of many documents. Plain sdpa attends over the whole row
+    under a block-diagonal mask, so it pays for the row's length squared; cutting the row at the
+    document boundaries the collator passes (`cu_seq_lens_q`) pays for the sum of the documents'
+    squares: on this CPU, 8 packed rows of ~110 tokens, a quarter of the attention time.
+    Padded batches and generation (a KV cache, no boundaries) take plain sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    bounds = kwargs.get("cu_seq_lens_q")
+    if bounds is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    bounds = bounds.tolist()
+    gqa = query.shape[1] != key.shape[1]
+    pieces = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], dropout_p=dropout,
+        is_causal=True, scale=scaling, enable_gqa=gqa) for start, end in zip(bounds[:-1], bounds[1:]) if end > start]
+    return torch.cat(pieces, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_packed_sdpa() -> str:
+    """Make `packed_sdpa` an attention implementation transformers models accept (masks as for sdpa)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_SDPA, sdpa_mask)
+    return PACKED_SDPA
+
+
+def attention_implementation(placement: Placement) -> str:
+    """The attention kernel to train with; each keeps packed documents apart.
+
+    flash-attention 2 (when installed, in half precision on CUDA) takes the document boundaries as
+    cu_seq_lens; on the CPU `packed_sdpa` cuts the packed row at them; otherwise sdpa gets the
+    block-diagonal mask transformers builds from the position ids.
     """
     half = placement.precision in ("bf16", "fp16")
     if placement.device == "cuda" and half and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
+    if placement.device == "cpu":
+        return register_packed_sdpa()
     return "sdpa"
 
 
@@ -266,6 +306,8 @@ def sft_trainer(model, tokenizer, examples: list[dict[str, list[int]]], options:
         completion_only_loss=True,
         dataset_num_proc=None,
     )
+    if options.packing:  # the kernel that keeps packed documents apart at the least cost on this device
+        model.set_attn_implementation(attention_implementation(placement))
     return SFTTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(examples),
                       processing_class=tokenizer, callbacks=callbacks)
 

@@ -30,11 +30,12 @@ def tiny(tiny_model_dir):
     return model, tokenizer
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", training.PACKED_SDPA])
 def test_packed_documents_do_not_attend_to_each_other(tiny_model_dir, attention):
     """A document's logits packed beside others (TRL's padding-free batch) equal its logits alone."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    training.register_packed_sdpa()
     model, tokenizer, _ = models.load_base_model(str(tiny_model_dir), CPU, attn_implementation=attention)
     docs = documents(tokenizer)
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
@@ -44,9 +45,11 @@ def test_packed_documents_do_not_attend_to_each_other(tiny_model_dir, attention)
         # use_cache=False as in training (TRL sets it): with a KV cache, transformers skips the
         # packed-row detection and the documents would see each other.
         packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"],
-                              use_cache=False).logits[0]
+                              cu_seq_lens_q=packed["cu_seq_lens_q"], use_cache=False).logits[0]
         # Control: the same flat row with running positions lets later documents see earlier ones.
         leaky_logits = model(input_ids=packed["input_ids"], use_cache=False).logits[0]
+        # Generation (a KV cache, no document boundaries) takes the plain path with every kernel.
+        assert model.generate(torch.tensor([docs[0]]), max_new_tokens=2, do_sample=False).shape[1] == len(docs[0]) + 2
         start = 0
         for ids in docs:
             alone = model(input_ids=torch.tensor([ids])).logits[0]
@@ -84,6 +87,7 @@ def test_default_sft_trainer_on_the_cpu_is_packed_padding_free_without_checkpoin
     options = TrainOptions(max_steps=1, save_steps=10)
     trainer = training.sft_trainer(lora, tokenizer, rows, options, CPU, tmp_path, max_length=64)
     assert training.decide_checkpointing(trainer, options, CPU, 64) is False
+    assert lora.config._attn_implementation == training.PACKED_SDPA
     args = trainer.args
     assert (args.bf16, args.fp16, args.activation_checkpointing, args.use_liger_kernel) == (False, False, False, False)
     batch = next(iter(trainer.get_train_dataloader()))
@@ -124,7 +128,7 @@ def test_liger_precision_and_attention_by_device(tmp_path):
     assert gpu_args["bf16"] and not gpu_args["use_cpu"] and gpu_args["activation_checkpointing"]
     cpu_args = training.trainer_arguments(TrainOptions(), CPU, tmp_path)
     assert not cpu_args["bf16"] and cpu_args["use_cpu"] and not cpu_args["activation_checkpointing"]
-    assert training.attention_implementation(CPU) == "sdpa"
+    assert training.attention_implementation(CPU) == training.PACKED_SDPA
     flash = training.importlib.util.find_spec("flash_attn") is not None
     assert training.attention_implementation(GPU) == ("flash_attention_2" if flash else "sdpa")
     assert training.attention_implementation(models.Placement("cuda", "fp32")) == "sdpa"
