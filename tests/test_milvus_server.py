@@ -8,6 +8,10 @@ is bound to 127.0.0.1 here, and the tests talk to it on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import time
+import urllib.request
+from pathlib import Path
+
 import pytest
 
 from tasks import rag
@@ -17,9 +21,31 @@ from tests.rag_fixtures import by_name, count_vectors, pdf_folder
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode", "dataCoord", "dataNode")
 
 
+def wait_until_healthy(server, timeout_s: float) -> None:
+    """Poll /healthz; fail at once, with the server's own reason, if the process exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.server_proc.poll() is not None:
+            log = Path(server.config.base_data_dir) / "logs" / "milvus-stdout.log"
+            errors = [line for line in log.read_text(errors="replace").splitlines() if "[ERROR]" in line]
+            pytest.fail("the Milvus server exited while starting (a second Milvus on this machine holds its fixed "
+                        f"etcd ports 2379/2380?): {errors[-1][:400] if errors else 'see ' + str(log)}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.webservice_port}/healthz", timeout=5) as reply:
+                if b"OK" in reply.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the Milvus server did not become healthy within {timeout_s:.0f} s")
+
+
 @pytest.fixture(scope="module")
 def milvus_server(tmp_path_factory):
-    milvus = pytest.importorskip("milvus", reason="the Milvus server package is not installed: pip install milvus")
+    try:
+        import milvus
+    except ImportError:
+        pytest.fail("the Milvus server package is not installed: pip install milvus==2.3.5")
     config = milvus.MilvusServerConfig(data_dir=str(tmp_path_factory.mktemp("milvus-server")))
     config.extra_configs = {f"{component}.ip": "127.0.0.1" for component in COMPONENTS}
     # On a loaded 2-core machine the components can miss their etcd lease (30 s) and report
@@ -28,7 +54,7 @@ def milvus_server(tmp_path_factory):
     server = milvus.MilvusServer(config, wait_for_started=False)
     server.start()  # Popen runs the milvus binary itself, so stop() ends the real server
     try:
-        server.wait_started(timeout=420_000)  # ms; 5-10 s when idle, minutes on a loaded machine
+        wait_until_healthy(server, timeout_s=420)  # 5-20 s when idle, minutes on a loaded machine
     except BaseException:
         server.stop()
         raise
