@@ -15,6 +15,8 @@ _QUIET_DEFAULTS = {
     "HF_HUB_DISABLE_PROGRESS_BARS": os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS", "0"),
     "TOKENIZERS_PARALLELISM": "false",
     "ANONYMIZED_TELEMETRY": "False",
+    # A flow run outside a server starts a temporary Prefect server; 20 s is too short on a busy CPU.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     # MLflow 3 starts a job runner beside its server by default (3 GB, 25 s); we never use it.
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
 }
