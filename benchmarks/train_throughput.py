@@ -1,6 +1,6 @@
 """Training speed: the project's SFT step against the notebook-style baseline, side by side in one process.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.train_throughput                      # the CPU demo: SmolLM2-135M, chatterbot
+    OMP_NUM_THREADS=1 python -m benchmarks.train_throughput          # the CPU demo: SmolLM2-135M, chatterbot
     python -m benchmarks.train_throughput --device cuda --shape qwen2.5-1.5b \\
         --lengths lognormal:160 --max-length 4096 --packed-batch-size 8 --steps 10 --json
 
@@ -29,7 +29,6 @@ difference. Results: benchmarks/results/train_throughput_<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -177,16 +176,11 @@ class StepClock:
         class _Clock(TrainerCallback):
             def __init__(self):
                 self.marks: list[tuple[float, int]] = []
-                self.losses: list[float] = []
 
             def on_step_end(self, args, state, control, **kwargs):
                 if device == "cuda":
                     torch.cuda.synchronize()
                 self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                if logs and "loss" in logs:
-                    self.losses.append(float(logs["loss"]))
 
         return _Clock()
 
@@ -246,7 +240,7 @@ def run_phase(trainer, clock, warmup: int, device: str, others: list) -> tuple[i
     return n1 - n0, t1 - t0, peak, floor
 
 
-def matmul_flops_per_second(device: str, dtype: torch.dtype) -> float:
+def matmul_flops_per_second(dtype: torch.dtype) -> float:
     """Measured on the CPU: the fp32 matrix-product rate at torch's current thread count."""
     a = torch.randn(512, 512, dtype=dtype)
     b = torch.randn(512, 512, dtype=dtype)
@@ -267,7 +261,7 @@ def peak_flops(placement: models.Placement) -> tuple[float, str]:
             if fragment in name:
                 return peak, f"{name} dense bf16 data-sheet peak"
         return float("nan"), f"{name}: no peak on record"
-    return matmul_flops_per_second("cpu", placement.dtype), "measured 512x512 fp32 matmul, best of 5"
+    return matmul_flops_per_second(placement.dtype), "measured 512x512 fp32 matmul, best of 5"
 
 
 # --- the numerical check ----------------------------------------------------------------------
@@ -437,11 +431,13 @@ def markdown(result: dict[str, Any]) -> str:
                      f"{' / '.join(f'{v:,.0f}' for v in s['round_tokens_per_s'])} | "
                      f"{s.get('ratio', float('nan')):.2f}x | {s['peak_gib']:.2f} | {s['mfu']:.1%} |")
     lines.append("")
-    lines.append(f"MFU: {result['flops_per_token'] / 1e9:.2f} GFLOP per token against {result['peak_flops'] / 1e12:.3g} "
-                 f"TFLOP/s ({result['peak_flops_source']}). Memory: {next(iter(result['setups'].values()))['memory']}.")
+    lines.append(f"MFU: {result['flops_per_token'] / 1e9:.2f} GFLOP per token against "
+                 f"{result['peak_flops'] / 1e12:.3g} TFLOP/s ({result['peak_flops_source']}). "
+                 f"Memory: {next(iter(result['setups'].values()))['memory']}.")
     check = result.get("loss_check")
     if check:
-        losses = "; ".join(f"{name} " + ", ".join(f"{v:.4f}" for v in values) for name, values in check["losses"].items())
+        losses = "; ".join(f"{name} " + ", ".join(f"{v:.4f}" for v in values)
+                           for name, values in check["losses"].items())
         worst = max(check["max_abs_diff"].values())
         lines.append(f"Loss check ({check['steps']} steps x {check['rows_per_step']} same rows): {losses}; "
                      f"max |diff| {worst:.2e}")
