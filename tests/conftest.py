@@ -11,6 +11,12 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import tasks  # noqa: E402  (switches telemetry off before the libraries load)
+import logging  # noqa: E402
+
+# Prefect re-creates its console log handler when a flow starts; one created inside a test keeps
+# that test's captured stream after it is closed, and logging would then dump an error (with the
+# exception being handled at the time) for every later record. In tests that is noise only.
+logging.raiseExceptions = False
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
