@@ -15,7 +15,6 @@ import os
 import platform
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

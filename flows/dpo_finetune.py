@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 from prefect import flow, task
@@ -21,6 +20,7 @@ import tasks  # noqa: F401  (quiet defaults before the libraries load)
 from tasks import dpo, models, preferences, publish, secrets, tracking, training
 from tasks.config import ConfigError, cli_parser, load_config, print_options
 from tasks.dpo import DpoFinetuneConfig
+from flows.publishing import publish_and_verify
 from tasks.reporting import failure_markdown, publish_summary, retry_on_io, table
 
 FLOW = "dpo-finetune"
@@ -101,20 +101,6 @@ def quality_gate(base: dpo.Evaluation, trained: dpo.Evaluation, cfg: DpoFinetune
     return gate
 
 
-@task(name="push_to_hub", retries=3, retry_delay_seconds=10, retry_condition_fn=retry_on_io, cache_policy=NONE)
-def push_to_hub(adapter_dir: Path, cfg: DpoFinetuneConfig, card: str, token: str | None, run_id: str):
-    return publish.publish_adapter(adapter_dir, cfg.publish.uri, card, private=cfg.publish.private,
-                                   token=token, mlflow_run_id=run_id)
-
-
-@task(name="reload_and_verify", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io, cache_policy=NONE)
-def reload_and_verify(published_uri: str, model, tokenizer, base_path: str, cfg: DpoFinetuneConfig,
-                      token: str | None) -> publish.Verification:
-    fetched = publish.fetch_adapter(published_uri, token=token)
-    return publish.verify_adapter(model, tokenizer, base_path, fetched, cfg.eval.sample_prompts,
-                                  tolerance=cfg.publish.logits_tolerance)
-
-
 def hub_token(cfg: DpoFinetuneConfig) -> str | None:
     """Needed when publishing to, or starting from, the Hub."""
     uses_hub = cfg.publish.uri.startswith("hf://") or (cfg.init_adapter or "").startswith("hf://")
@@ -153,27 +139,8 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
             tracking.log_metrics(trained.prefixed("eval"), step=result.steps)
             story["eval"] = {"untrained": base.metrics, "trained": trained.metrics}
             story["gate"] = quality_gate(base, trained, cfg).__dict__
-            with tempfile.TemporaryDirectory() as tmp:
-                hub_base = models.hub_id_of(cfg.model.name, cfg.model.hub_id)
-                adapter_dir = dpo.save_adapter(model, tokenizer, Path(tmp) / "adapter", cfg.model.name, hub_base,
-                                               FLOW, run.info.run_id)
-                card = publish.model_card(
-                    base_model_hub_id=hub_base, dataset=cfg.data.train, config=tracking.params_of(cfg),
-                    metrics={**dpo.metrics_for_card(base, trained),  # no local paths in a card
-                             **{k: v for k, v in result.summary().items() if k != "output_dir"}},
-                    mlflow_run_id=run.info.run_id, flow=FLOW)
-                published = push_to_hub(adapter_dir, cfg, card, token, run.info.run_id)
-                story["published"] = {"uri": published.uri, "location": published.location}
-                tracking.set_tags({"publish.uri": published.uri})
-                if not cfg.publish.uri.startswith("mlflow://"):  # the registry publish logs it already
-                    tracking.log_artifacts(adapter_dir, "adapter")
-            if cfg.publish.verify:
-                verification = reload_and_verify(published.uri, model, tokenizer, base_path, cfg, token)
-                story["verify"] = verification.__dict__
-                tracking.set_tags({"verify.status": "passed" if verification.passed else "failed"})
-                tracking.log_metrics({"verify_max_abs_logit_diff": verification.max_abs_logit_diff})
-                if not verification.passed:
-                    raise publish.VerificationError(verification.reason)
+            card_metrics = {**dpo.metrics_for_card(base, trained), **result.metrics()}  # no local paths
+            publish_and_verify(FLOW, cfg, run.info.run_id, model, tokenizer, base_path, card_metrics, token, story)
             training.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
     except Exception as error:
         story["error"] = f"{type(error).__name__}: {error}"

@@ -8,18 +8,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import tempfile
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from tasks import data, evaluation, models, publish, secrets, tracking, training
+from tasks import data, evaluation, models, secrets, tracking, training
 from tasks.config import cli_parser, load_config, print_options
 from tasks.finetune_config import DataOptions, LoraFinetuneConfig, ModelOptions
+from flows.publishing import publish_and_verify
 from tasks.reporting import failure_markdown, publish_summary, retry_on_io
 
 FLOW = "lora-finetune"
@@ -66,30 +64,6 @@ def evaluate(model, tokenizer, rows: list[data.Row], cfg: LoraFinetuneConfig) ->
                                             cfg.eval.max_new_tokens, cfg.eval.batch_size)
 
 
-@task(name="push_to_hub", retries=3, retry_delay_seconds=10, retry_condition_fn=retry_on_io, cache_policy=NONE)
-def push_to_hub(adapter_dir: Path, cfg: LoraFinetuneConfig, card: str, token: str | None, run_id: str):
-    return publish.publish_adapter(adapter_dir, cfg.publish.uri, card, private=cfg.publish.private,
-                                   token=token, mlflow_run_id=run_id)
-
-
-@task(name="reload_and_verify", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io, cache_policy=NONE)
-def reload_and_verify(published_uri: str, model, tokenizer, base_path: str, cfg: LoraFinetuneConfig,
-                      token: str | None) -> publish.Verification:
-    fetched = publish.fetch_adapter(published_uri, token=token)
-    return publish.verify_adapter(model, tokenizer, base_path, fetched, cfg.eval.sample_prompts,
-                                  tolerance=cfg.publish.logits_tolerance)
-
-
-def save_adapter(model, tokenizer, cfg: LoraFinetuneConfig, run_id: str, folder: Path) -> Path:
-    """The adapter folder that gets published: weights, tokenizer, and how to rebuild its base offline."""
-    model.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    (folder / "ftllm.json").write_text(json.dumps({
-        "base_model": cfg.model.name, "base_model_hub_id": models.hub_id_of(cfg.model.name, cfg.model.hub_id),
-        "flow": FLOW, "mlflow_run_id": run_id}, indent=2))
-    return folder
-
-
 @flow(name=FLOW, log_prints=False)
 def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None) -> dict:
     cfg = load_config(LoraFinetuneConfig, config, overrides)
@@ -114,24 +88,8 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
             report = evaluate(model, tokenizer, sft.eval, cfg)
             story["eval"], story["samples"] = report.metrics(), report.samples
             tracking.log_metrics(report.metrics())
-            with tempfile.TemporaryDirectory() as tmp:
-                adapter_dir = save_adapter(model, tokenizer, cfg, run.info.run_id, Path(tmp) / "adapter")
-                card = publish.model_card(
-                    base_model_hub_id=models.hub_id_of(cfg.model.name, cfg.model.hub_id), dataset=cfg.data.train,
-                    config=tracking.params_of(cfg), metrics={**report.metrics(), **result.summary()},
-                    mlflow_run_id=run.info.run_id, flow=FLOW)
-                published = push_to_hub(adapter_dir, cfg, card, token, run.info.run_id)
-                story["published"] = {"uri": published.uri, "location": published.location}
-                tracking.set_tags({"publish.uri": published.uri})
-                if not cfg.publish.uri.startswith("mlflow://"):  # the registry publish logs it already
-                    tracking.log_artifacts(adapter_dir, "adapter")
-            if cfg.publish.verify:
-                verification = reload_and_verify(published.uri, model, tokenizer, base_path, cfg, token)
-                story["verify"] = verification.__dict__
-                tracking.set_tags({"verify.status": "passed" if verification.passed else "failed"})
-                tracking.log_metrics({"verify_max_abs_logit_diff": verification.max_abs_logit_diff})
-                if not verification.passed:
-                    raise publish.VerificationError(verification.reason)
+            publish_and_verify(FLOW, cfg, run.info.run_id, model, tokenizer, base_path,
+                               card_metrics={**report.metrics(), **result.metrics()}, token=token, story=story)
             training.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
     except Exception as error:
         story["error"] = f"{type(error).__name__}: {error}"

@@ -159,7 +159,11 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: list[st
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw  # not YAML (e.g. `a[?]`): the text itself; the option's type decides
+        _set_dotted(tree, key.strip(), value)
     return _build(cls, tree)
 
 

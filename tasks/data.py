@@ -178,7 +178,8 @@ def _text(record: dict[str, Any], key: str, required: bool = True) -> str:
     return value
 
 
-def _messages(value: Any, key: str) -> list[Message]:
+def parse_messages(value: Any, key: str) -> list[Message]:
+    """A list of {role, content} messages, checked; ValueError names what is wrong."""
     if not isinstance(value, list) or not value:
         raise ValueError(f"field '{key}' must be a non-empty list of messages")
     out = []
@@ -214,11 +215,11 @@ def normalize(record: Any, fmt: str) -> Row:
     if fmt == "prompt_completion":
         prompt, completion = record.get("prompt"), record.get("completion")
         if isinstance(prompt, list) or isinstance(completion, list):
-            return {"prompt": _messages(prompt, "prompt"), "completion": _messages(completion, "completion")}
+            return {"prompt": parse_messages(prompt, "prompt"), "completion": parse_messages(completion, "completion")}
         return {"prompt": [{"role": "user", "content": _text(record, "prompt")}],
                 "completion": [{"role": "assistant", "content": _text(record, "completion")}]}
     if fmt == "messages":
-        return _split_last_assistant(_messages(record.get("messages"), "messages"), "messages")
+        return _split_last_assistant(parse_messages(record.get("messages"), "messages"), "messages")
     if fmt == "sharegpt":
         turns = record.get("conversations")
         if not isinstance(turns, list) or not turns:
@@ -228,7 +229,7 @@ def normalize(record: Any, fmt: str) -> Row:
             if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES:
                 raise ValueError(f"conversations[{i}] needs 'from' in {sorted(SHAREGPT_ROLES)}")
             messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")})
-        return _split_last_assistant(_messages(messages, "conversations"), "conversations")
+        return _split_last_assistant(parse_messages(messages, "conversations"), "conversations")
     raise DataError(f"data.format: unknown format {fmt!r} (one of {', '.join(FORMATS)})")
 
 

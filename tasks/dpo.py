@@ -16,7 +16,6 @@ counts as half a win: the untrained policy scores 0.5, chance, and the gate comp
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,17 +113,6 @@ def train_dpo(trainer, output_dir: Path, resume: bool) -> TrainResult:
 def reference_is_frozen_adapter(model) -> bool:
     """True when the reference is a frozen copy of a starting adapter (TRL's "ref"), not the bare base."""
     return "ref" in getattr(model, "peft_config", {})
-
-
-def save_adapter(model, tokenizer, folder: Path, base_model: str, base_model_hub_id: str | None,
-                 flow: str, run_id: str) -> Path:
-    """The trained adapter only (never TRL's frozen "ref" copy), its tokenizer, and how to rebuild its base."""
-    model.save_pretrained(folder, safe_serialization=True, selected_adapters=["default"])
-    tokenizer.save_pretrained(folder)
-    (folder / "ftllm.json").write_text(json.dumps({
-        "base_model": base_model, "base_model_hub_id": base_model_hub_id, "flow": flow,
-        "mlflow_run_id": run_id}, indent=2))
-    return folder
 
 
 # --- evaluation -------------------------------------------------------------------------------

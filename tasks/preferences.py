@@ -31,7 +31,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.data import BadRow, DataError, Message, _messages, fingerprint, read_records
+from tasks.data import BadRow, DataError, Message, fingerprint, parse_messages, read_records
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 PreferenceRow = dict[str, list[Message]]
@@ -103,7 +103,7 @@ def split_hh_transcripts(chosen: str, rejected: str) -> tuple[list[Message], str
 def _as_reply(value: str | list, key: str, prompt: list[Message]) -> list[Message]:
     if isinstance(value, str):
         return [{"role": "assistant", "content": value}]
-    messages = _messages(value, key)
+    messages = parse_messages(value, key)
     if len(messages) > len(prompt) and messages[:len(prompt)] == prompt:
         messages = messages[len(prompt):]  # UltraFeedback-binarized repeats the prompt in chosen/rejected
     return messages
@@ -117,12 +117,12 @@ def normalize_pair(record: Any) -> tuple[PreferenceRow, str]:
     if record.get("prompt") is not None:
         prompt_value = _required(record, "prompt")
         prompt = ([{"role": "user", "content": prompt_value}] if isinstance(prompt_value, str)
-                  else _messages(prompt_value, "prompt"))
+                  else parse_messages(prompt_value, "prompt"))
         row = {"prompt": prompt, "chosen": _as_reply(chosen, "chosen", prompt),
                "rejected": _as_reply(rejected, "rejected", prompt)}
         fmt = "prompt_chosen_rejected"
     elif isinstance(chosen, list) and isinstance(rejected, list):
-        chosen_messages, rejected_messages = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+        chosen_messages, rejected_messages = parse_messages(chosen, "chosen"), parse_messages(rejected, "rejected")
         if chosen_messages == rejected_messages:
             raise ValueError("chosen equals rejected")
         shared = 0

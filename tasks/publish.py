@@ -192,6 +192,18 @@ def _format_metric(value: Any) -> str:
     return _cell(value)
 
 
+def save_adapter(model, tokenizer, folder: Path, base_model: str, base_model_hub_id: str | None,
+                 flow: str, run_id: str) -> Path:
+    """The folder that gets published: the trained adapter only (never a frozen reference copy), its
+    tokenizer, and `ftllm.json` saying how to rebuild its base offline (`model.name` as configured)."""
+    model.save_pretrained(folder, safe_serialization=True, selected_adapters=["default"])
+    tokenizer.save_pretrained(folder)
+    (folder / "ftllm.json").write_text(json.dumps({
+        "base_model": base_model, "base_model_hub_id": base_model_hub_id, "flow": flow,
+        "mlflow_run_id": run_id}, indent=2))
+    return folder
+
+
 def model_card(base_model_hub_id: str | None, dataset: str, config: dict, metrics: dict,
                mlflow_run_id: str | None, flow: str) -> str:
     """README.md for an adapter: YAML front matter, what it was trained on, the config and metrics.

@@ -267,6 +267,11 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "loss_history"}
 
+    def metrics(self) -> dict[str, float]:
+        """The numbers worth publishing (a model card never gets the local checkpoint path)."""
+        return {"train_steps": self.steps, "train_final_loss": self.final_loss, "train_seconds": self.seconds,
+                "train_tokens_per_second": self.tokens_per_second}
+
 
 def run_trainer(trainer, output_dir: Path, resume: bool) -> TrainResult:
     """Train (resuming from the last checkpoint when asked and present) and measure it."""

@@ -10,7 +10,7 @@ import pytest
 # Torch with 2 threads runs 5-10x slower than with 1 when other processes load the 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import tasks  # noqa: E402  (switches telemetry off before the libraries load)
+import tasks  # noqa: E402,F401  (switches telemetry off before the libraries load)
 import logging  # noqa: E402
 
 # Prefect re-creates its console log handler when a flow starts; one created inside a test keeps

@@ -8,7 +8,6 @@ run lands in the stack's MLflow server.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import urllib.request
