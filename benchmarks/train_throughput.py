@@ -29,6 +29,7 @@ difference. Results: benchmarks/results/train_throughput_<name>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -446,7 +447,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    result = run(args)
+    with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its summary: stdout is ours alone
+        result = run(args)
     if args.name:
         RESULTS.mkdir(parents=True, exist_ok=True)
         stem = RESULTS / f"train_throughput_{args.name}"
