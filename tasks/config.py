@@ -69,6 +69,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(error))
         raise ConfigError(f"{key}: expected {' or '.join(_describe(o) for o in options)}, got {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and {"on", "off"} <= set(get_args(tp)):
+            value = "on" if value else "off"  # YAML 1.1 reads `on`/`off` as booleans
         if value not in get_args(tp):
             raise ConfigError(f"{key}: expected one of {_describe(tp)}, got {value!r}")
         return value

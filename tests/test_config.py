@@ -17,6 +17,8 @@ def test_yaml_and_overrides_build_typed_values(tmp_path):
     assert cfg.train.learning_rate == pytest.approx(1e-3) and isinstance(cfg.train.learning_rate, float)
     assert cfg.lora.target_modules == ["q_proj", "v_proj"]
     assert cfg.data.eval == "./held_out.jsonl"
+    on = load_config(LoraFinetuneConfig, None, ["train.gradient_checkpointing=on", "train.liger=off"])
+    assert on.train.gradient_checkpointing == "on" and on.train.liger == "off"  # not YAML's booleans
     flat = flatten(cfg)
     assert flat["train.max_steps"] == 7 and flat["publish.uri"] == "file:///tmp/x"
 
