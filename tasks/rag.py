@@ -36,7 +36,7 @@ class RetrievalOptions:
     search: Literal["similarity", "mmr"] = option("similarity", help="vector search: plain similarity, or "
                                                                     "maximal marginal relevance (more diverse)")
     fetch_k: int = option(30, help="candidates taken from each retriever before fusing")
-    # Tuned on benchmarks/qa (see docs/readme/rag.md): BM25 carries exact terms, symbols and
+    # Tuned on benchmarks/qa (see the README's RAG section): BM25 carries exact terms, symbols and
     # non-English text that all-MiniLM-L6-v2 cannot; vectors add paraphrases.
     rrf_k: int = option(10, help="reciprocal rank fusion constant: score = sum of weight / (rrf_k + rank)")
     keyword_weight: float = option(2.0, help="weight of the BM25 ranking in the fusion (vector ranking: 1)")
