@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.chat_fixtures import free_port, port_is_free
+from tests.reliability_fixtures import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -37,16 +38,6 @@ def flow_run_state(env: dict, flow_run_id: str) -> str:
             "        r = await c.read_flow_run(sys.argv[1])\n        print(r.state.type.value)\n"
             "asyncio.run(main())")
     return run([sys.executable, "-c", code, flow_run_id], env).strip()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def page_is_up(url: str) -> bool:
