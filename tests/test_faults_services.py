@@ -152,12 +152,12 @@ def test_a_failed_run_shows_its_state_and_reason_in_prefect_and_its_summary(pref
 
 
 def test_retries_are_configured_where_the_work_is_io():
-    from flows import dpo_finetune, lora_finetune
+    from flows import dpo_finetune, lora_finetune, publishing
     from tasks.reporting import retry_on_io
 
-    io_tasks = [lora_finetune.load_dataset, lora_finetune.load_base_model, lora_finetune.push_to_hub,
-                lora_finetune.reload_and_verify, dpo_finetune.load_preferences, dpo_finetune.load_policy,
-                dpo_finetune.push_to_hub, dpo_finetune.reload_and_verify]
+    # Both training flows publish and verify through flows/publishing.py.
+    io_tasks = [lora_finetune.load_dataset, lora_finetune.load_base_model, dpo_finetune.load_preferences,
+                dpo_finetune.load_policy, publishing.push_to_hub, publishing.reload_and_verify]
     for io_task in io_tasks:
         assert io_task.retries >= 2 and io_task.retry_condition_fn is retry_on_io, io_task.name
     # Compute is never retried: a second try of a failed training step would fail the same way.
