@@ -99,9 +99,12 @@ def test_flow_publishes_to_a_folder_and_the_summary_artifact_tells_the_story(pre
     async def latest_summary():
         async with get_client() as client:
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+            from prefect.client.schemas.sorting import ArtifactSort
 
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lora-finetune-summary"])))
-            return found[-1].data
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["lora-finetune-summary"])),
+                sort=ArtifactSort.CREATED_DESC, limit=1)  # this run's: the newest version of the key
+            return found[0].data
 
     markdown = asyncio.run(latest_summary())
     for expected in ("## Data", "trainable params", "## Held-out evaluation", "tokens/s", target.as_uri(),
