@@ -50,13 +50,13 @@ def apply_lora(model, cfg: DpoFinetuneConfig, placement: models.Placement, token
     if cfg.init_adapter:
         from peft import PeftModel
 
-        folder = publish.fetch_adapter(cfg.init_adapter, token=token)
-        recorded = folder / "ftllm.json"
-        base = json.loads(recorded.read_text()).get("base_model") if recorded.is_file() else None
-        if base and base != cfg.model.name:
-            raise ConfigError(f"init_adapter: {cfg.init_adapter} was trained on {base!r}, but model.name is "
-                              f"{cfg.model.name!r}; set model.name={base}")
-        peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)  # freezes the base itself
+        with publish.fetched_adapter(cfg.init_adapter, token=token) as folder:
+            recorded = folder / "ftllm.json"
+            base = json.loads(recorded.read_text()).get("base_model") if recorded.is_file() else None
+            if base and base != cfg.model.name:
+                raise ConfigError(f"init_adapter: {cfg.init_adapter} was trained on {base!r}, but model.name is "
+                                  f"{cfg.model.name!r}; set model.name={base}")
+            peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)  # freezes the base itself
         start = f"adapter {cfg.init_adapter} (its LoRA shape; lora.* options do not apply)"
     else:
         peft_model = models.freeze_and_apply_lora(

@@ -30,9 +30,9 @@ def push_to_hub(adapter_dir: Path, options: PublishOptions, card: str, token: st
 @task(name="reload_and_verify", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io, cache_policy=NONE)
 def reload_and_verify(published_uri: str, model, tokenizer, base_path: str, probe_prompts: list[str],
                       options: PublishOptions, token: str | None) -> publish.Verification:
-    fetched = publish.fetch_adapter(published_uri, token=token)
-    return publish.verify_adapter(model, tokenizer, base_path, fetched, probe_prompts,
-                                  tolerance=options.logits_tolerance)
+    with publish.fetched_adapter(published_uri, token=token) as fetched:
+        return publish.verify_adapter(model, tokenizer, base_path, fetched, probe_prompts,
+                                      tolerance=options.logits_tolerance)
 
 
 def publish_and_verify(flow: str, cfg: Any, run_id: str, model, tokenizer, base_path: str,

@@ -135,11 +135,13 @@ def _load_first_base(names: list[str], placement):
     raise ValueError("the adapter's base model could not be loaded; tried " + "; ".join(failures))
 
 
-def _fetch_adapter(uri: str) -> Path:
-    # Imported here: publishing pulls in the Hub and MLflow clients, which a base model never needs.
-    from tasks.publish import fetch_adapter
+def _load_adapter(adapter_dir: Path, placement):
+    """The adapter on the first of its recorded base models that loads."""
+    from peft import PeftModel
 
-    return Path(fetch_adapter(uri))
+    model, tokenizer, base = _load_first_base(adapter_base_models(adapter_dir), placement)
+    model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
+    return model, tokenizer, base
 
 
 def _context_length(model, cap: int) -> int:
@@ -156,19 +158,17 @@ def load_chat_model(choice: str, placement=None, max_context: int = DEFAULT_MAX_
         raise ModelLoadError(choice, "no model was chosen (empty name)")
     try:
         placement = placement or resolve_placement()
-        adapter_dir: Path | None = None
         if is_adapter_choice(choice):
-            adapter_dir = _fetch_adapter(choice)
-        elif (Path(choice).expanduser() / "adapter_config.json").is_file():
-            adapter_dir = Path(choice).expanduser().resolve()  # a PEFT folder saved by hand
-        if adapter_dir is None:
+            # Imported here: publishing pulls in the Hub and MLflow clients, which a base model never needs.
+            from tasks.publish import fetched_adapter
+
+            with fetched_adapter(choice) as adapter_dir:  # its copy is removed once loaded
+                model, tokenizer, base = _load_adapter(adapter_dir, placement)
+        elif (Path(choice).expanduser() / "adapter_config.json").is_file():  # a PEFT folder saved by hand
+            model, tokenizer, base = _load_adapter(Path(choice).expanduser().resolve(), placement)
+        else:
             base = choice
             model, tokenizer, _ = load_base_model(choice, placement)
-        else:
-            model, tokenizer, base = _load_first_base(adapter_base_models(adapter_dir), placement)
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).eval()
     except ModelLoadError:
         raise
     except ImportError as error:

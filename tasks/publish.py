@@ -15,6 +15,7 @@ bit, the logits on a few probe prompts, and one greedy sample.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,6 +24,7 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -434,16 +436,41 @@ def _place(source: Path, dest: Path | None) -> Path:
 
 
 def fetch_adapter(uri: str, token: str | None = None, dest: Path | None = None) -> Path:
-    """Download a fresh copy of a published adapter (no cache shared with earlier runs)."""
+    """Download a fresh copy of a published adapter (no cache shared with earlier runs).
+
+    Into `dest` when given; otherwise into a new folder under `FTLLM_DATA_DIR/fetched` that the caller
+    keeps. Callers that only load the weights use `fetched_adapter`, which removes its copy.
+    """
     target = parse_uri(uri, for_fetch=True)
-    if target.scheme == "hf":
-        return _safetensors_only(_fetch_hub(target, token, dest), uri)
-    if target.scheme == "mlflow":
-        return _safetensors_only(_fetch_mlflow(target, dest), uri)
+    if target.scheme in ("hf", "mlflow"):
+        scratch = _fresh_dir(f"{target.scheme}-{target.name}")
+        keep_scratch = False
+        try:
+            download = _fetch_hub if target.scheme == "hf" else _fetch_mlflow
+            folder = _safetensors_only(download(target, token, scratch), uri)
+            keep_scratch = dest is None  # then the download itself is the caller's copy
+            return _place(folder, dest)
+        finally:
+            if not keep_scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
     folder = Path(target.name)
     if not (folder / ADAPTER_CONFIG).is_file():
         raise PublishError(f"{uri}: {folder} holds no {ADAPTER_CONFIG}; nothing was published there")
     return _place(_safetensors_only(folder, uri), dest)
+
+
+@contextlib.contextmanager
+def fetched_adapter(uri: str, token: str | None = None) -> Iterator[Path]:
+    """A fresh copy of a published adapter for the duration of the block, removed afterwards.
+
+    Loading an adapter reads its weights into memory, so the files are not needed once loaded;
+    without this every verification and chat session would leave a copy behind.
+    """
+    scratch = _fresh_dir("adapter")
+    try:
+        yield fetch_adapter(uri, token=token, dest=scratch / "adapter")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _safetensors_only(folder: Path, uri: str) -> Path:
@@ -455,24 +482,25 @@ def _safetensors_only(folder: Path, uri: str) -> Path:
     return folder
 
 
-def _fetch_hub(target: _Target, token: str | None, dest: Path | None) -> Path:
+def _fetch_hub(target: _Target, token: str | None, scratch: Path) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     revision = target.version or "main"
     try:
         folder = snapshot_download(target.name, revision=revision, repo_type="model", token=token,
-                                   cache_dir=_fresh_dir(f"hf-{target.name}"), endpoint=_hub_endpoint())
+                                   cache_dir=scratch, endpoint=_hub_endpoint())
     except RevisionNotFoundError:
         raise PublishError(f"hf://{target.name}@{revision}: the Hub has no such revision") from None
     except RepositoryNotFoundError:
         raise PublishError(f"hf://{target.name}: repo not found, or the token cannot read it") from None
     except HfHubHTTPError as error:
         raise (_refused(error, target.name, "download", access="read") or error) from None
-    return _place(Path(folder), dest)
+    return Path(folder)
 
 
-def _fetch_mlflow(target: _Target, dest: Path | None) -> Path:
+def _fetch_mlflow(target: _Target, token: str | None, scratch: Path) -> Path:
+    """`token` is the Hub's and unused here: MLflow authenticates with its own settings (MLFLOW_TRACKING_TOKEN)."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -493,11 +521,10 @@ def _fetch_mlflow(target: _Target, dest: Path | None) -> Path:
             if not versions:
                 raise PublishError(f"{label}: the registry has no versions of {target.name}")
             version = max(versions, key=lambda v: int(v.version))
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source,
-                                                     dst_path=str(_fresh_dir(f"mlflow-{target.name}")))
+        folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(scratch))
     except MlflowException as error:
         raise PublishError(f"{label}: {error.message}") from None
-    return _place(Path(folder), dest)
+    return Path(folder)
 
 
 # --- verify -------------------------------------------------------------------------------------

@@ -215,11 +215,17 @@ def test_mlflow_publish_versions_fetch_verify(trained, card, isolated_data_dir, 
     latest = publish.fetch_adapter("mlflow://tiny-lora")
     assert (latest / "README.md").read_text() == card
     _assert_verified(trained, latest)
+    kept = set((isolated_data_dir / "fetched").iterdir())  # the copy above is the caller's
     MlflowClient().set_registered_model_alias("tiny-lora", "champion", "1")
     pinned = publish.fetch_adapter("mlflow://tiny-lora@champion", dest=isolated_data_dir / "champion")
     assert pinned == isolated_data_dir / "champion" and (pinned / "adapter_model.safetensors").is_file()
     with pytest.raises(PublishError, match="mlflow://tiny-lora/9"):
         publish.fetch_adapter("mlflow://tiny-lora/9")
+    with publish.fetched_adapter("mlflow://tiny-lora/2") as temporary:
+        _assert_verified(trained, temporary)
+    assert not temporary.exists()
+    # A copy into `dest`, a failed fetch and a temporary copy leave no downloads behind.
+    assert set((isolated_data_dir / "fetched").iterdir()) == kept
 
     stored = [p for p in isolated_data_dir.rglob("*") if p.is_file()]
     assert any(p.name == "mlflow.db" for p in stored)
