@@ -1,8 +1,9 @@
 """The deployment path through the real local stack: Prefect server, process worker, MLflow server.
 
 `deployments/stack.sh start` in a temporary data folder on free ports, `prefect deploy --all` from
-prefect.yaml, then `prefect deployment run lora-finetune/lora-finetune` runs to Completed and the
-run lands in the stack's MLflow server.
+prefect.yaml, then `prefect deployment run lora-finetune/lora-finetune` runs to Completed, and
+`prefect deployment run dpo-finetune/dpo-finetune` trains on top of the adapter it published
+(SFT then DPO through the stack); both runs land in the stack's MLflow server.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import test_dpo_flow
 from tests.test_lora_flow import tiny_overrides, write_tiny_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,7 @@ def run(args: list[str], env: dict, timeout: float = 300) -> str:
 
 
 @pytest.mark.slow
-def test_every_flow_deploys_and_lora_finetune_runs_to_completed(local_stack, tiny_model_dir, tmp_path):
+def test_every_flow_deploys_and_both_training_flows_run_to_completed(local_stack, tiny_model_dir, tmp_path):
     env = local_stack
     out = run([PREFECT, "--no-prompt", "deploy", "--all"], env)
     listed = run([PREFECT, "deployment", "ls"], env)
@@ -47,15 +49,30 @@ def test_every_flow_deploys_and_lora_finetune_runs_to_completed(local_stack, tin
     assert "Completed" in out, out
 
     # The run was tracked by the stack's MLflow server, with the conventions.
-    query = json.dumps({"experiment_ids": [_experiment_id(env, "lora-finetune")], "max_results": 1}).encode()
-    request = urllib.request.Request(f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/search", data=query,
-                                     headers={"Content-Type": "application/json"})
-    run_info = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"][0]
-    tags = {t["key"]: t["value"] for t in run_info["data"]["tags"]}
+    tags = _last_run_tags(env, "lora-finetune")
     assert tags["verify.status"] == "passed" and tags["publish.uri"] == "mlflow://deployed-tiny-lora/1"
     assert tags["prefect.flow_run_id"]
 
+    # DPO on top of that published SFT adapter, fetched back from the stack's registry by the worker.
+    prefs = test_dpo_flow.write_jsonl(tmp_path / "prefs.jsonl", [
+        test_dpo_flow.hh_pair(i, test_dpo_flow.POLITE, test_dpo_flow.RUDE) for i in range(32)])
+    overrides = test_dpo_flow.tiny_overrides(tiny_model_dir, tmp_path, prefs, tmp_path / "unused") + [
+        "publish.uri=mlflow://deployed-tiny-dpo", "init_adapter=mlflow://deployed-tiny-lora/1"]
+    out = run([PREFECT, "deployment", "run", "dpo-finetune/dpo-finetune", "--param",
+               f"overrides={json.dumps(overrides)}", "--watch", "--watch-timeout", "600"], env, timeout=660)
+    assert "Completed" in out, out
+    tags = _last_run_tags(env, "dpo-finetune")
+    assert tags["init_adapter"] == "mlflow://deployed-tiny-lora/1"
+    assert (tags["gate.status"], tags["verify.status"]) == ("passed", "passed")
+    assert tags["publish.uri"] == "mlflow://deployed-tiny-dpo/1"
 
-def _experiment_id(env: dict, name: str) -> str:
-    url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"
-    return json.loads(urllib.request.urlopen(url, timeout=30).read())["experiment"]["experiment_id"]
+
+def _last_run_tags(env: dict, experiment: str) -> dict[str, str]:
+    url = f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/get-by-name?experiment_name={experiment}"
+    experiment_id = json.loads(urllib.request.urlopen(url, timeout=30).read())["experiment"]["experiment_id"]
+    query = json.dumps({"experiment_ids": [experiment_id], "max_results": 1,
+                        "order_by": ["attributes.start_time DESC"]}).encode()
+    request = urllib.request.Request(f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/runs/search", data=query,
+                                     headers={"Content-Type": "application/json"})
+    run_info = json.loads(urllib.request.urlopen(request, timeout=30).read())["runs"][0]
+    return {t["key"]: t["value"] for t in run_info["data"]["tags"]}
