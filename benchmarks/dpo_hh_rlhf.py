@@ -1,6 +1,9 @@
 """DPO on Anthropic HH-RLHF (harmless) pairs: train on some, measure held-out reward accuracy on the rest.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.dpo_hh_rlhf [--steps N] [--eval-pairs 200] [--set key=value ...]
+    python -m benchmarks.dpo_hh_rlhf [--steps N] [--eval-pairs 200] [--set key=value ...]
+
+On a quiet machine let torch use every core (OMP_NUM_THREADS=2 here); when other jobs share the
+cores, OMP_NUM_THREADS=1 (the default this script sets) avoids thread thrashing.
 
 Runs the same functions as the `dpo-finetune` flow (preferences → SmolLM2 + LoRA → DPOTrainer →
 evaluation before/after → gate), without MLflow or publishing, and writes
@@ -11,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -24,6 +29,14 @@ from tasks.config import PROJECT_ROOT, load_config  # noqa: E402
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 CONFIG = PROJECT_ROOT / "configs" / "dpo_hh_rlhf.yaml"
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% confidence interval of a proportion (Wilson score): is the accuracy clearly above 0.5?"""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     # base model's own "preference", which the implicit reward does not measure.
     ref_prefers_chosen = (base.reference.chosen > base.reference.rejected).float().mean().item()
     training.remove_checkpoints(output_dir)
+    pairs = int(trained.metrics["pairs"])
+    low, high = wilson_interval(trained.metrics["rewards/accuracies"] * pairs, pairs)
     report = {
-        "command": "OMP_NUM_THREADS=1 python -m benchmarks.dpo_hh_rlhf " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} python -m benchmarks.dpo_hh_rlhf "
+                   + " ".join(sys.argv[1:] if argv is None else argv),
         "config": str(CONFIG.relative_to(PROJECT_ROOT)), "overrides": overrides,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared), torch threads {os.environ.get('OMP_NUM_THREADS')}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {os.environ.get('OMP_NUM_THREADS')}, "
+                   f"load average at the end {os.getloadavg()[0]:.1f}",
+        "accuracy_95ci": [low, high],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
         "data": prefs.summary(), "bad_rows": [str(b) for b in prefs.bad_rows],
         "train": result.summary(), "seconds_per_step": result.seconds / max(1, result.steps - result.resumed_from_step),
         "base_eval": base.metrics, "eval": trained.metrics, "reference_prefers_chosen_by_likelihood": ref_prefers_chosen,
@@ -81,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         "| | reward accuracy | reward margin | logp chosen | logp rejected |", "| --- | --- | --- | --- | --- |",
         f"| untrained | {b['rewards/accuracies']:.3f} | {b['rewards/margins']:.4f} | {b['logps/chosen']:.1f} | {b['logps/rejected']:.1f} |",
         f"| trained | {e['rewards/accuracies']:.3f} | {e['rewards/margins']:.4f} | {e['logps/chosen']:.1f} | {e['logps/rejected']:.1f} |",
-        "", f"Reference prefers the chosen reply by likelihood alone in {ref_prefers_chosen:.3f} of held-out pairs.",
+        "", f"Trained held-out reward accuracy, 95% interval (Wilson): {low:.3f}-{high:.3f}.",
+        f"Reference prefers the chosen reply by likelihood alone in {ref_prefers_chosen:.3f} of held-out pairs.",
         f"Gate: {'passed' if gate.passed else 'FAILED'}: {gate.reason}.", "",
         f"Train: {result.seconds:.0f} s ({report['seconds_per_step']:.1f} s/step); evaluation before {base_eval_s:.0f} s, "
-        f"after {eval_s:.0f} s; total {report['seconds']['total']:.0f} s.",
+        f"after {eval_s:.0f} s; total {report['seconds']['total']:.0f} s; peak RSS {report['peak_rss_gb']:.1f} GB.",
         f"Data: {prefs.summary()}", ""]))
     print((RESULTS / f"{args.name}.md").read_text())
     return 0 if gate.passed else 1
