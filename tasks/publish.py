@@ -439,38 +439,52 @@ def fetch_adapter(uri: str, token: str | None = None, dest: Path | None = None) 
     """Download a fresh copy of a published adapter (no cache shared with earlier runs).
 
     Into `dest` when given; otherwise into a new folder under `FTLLM_DATA_DIR/fetched` that the caller
-    keeps. Callers that only load the weights use `fetched_adapter`, which removes its copy.
+    keeps (a `file://` adapter without `dest`: its folder itself). Callers that only load the weights
+    use `fetched_adapter`, which leaves nothing behind.
     """
-    target = parse_uri(uri, for_fetch=True)
-    if target.scheme in ("hf", "mlflow"):
-        scratch = _fresh_dir(f"{target.scheme}-{target.name}")
-        keep_scratch = False
-        try:
-            download = _fetch_hub if target.scheme == "hf" else _fetch_mlflow
-            folder = _safetensors_only(download(target, token, scratch), uri)
-            keep_scratch = dest is None  # then the download itself is the caller's copy
+    if dest is not None:
+        with fetched_adapter(uri, token) as folder:
             return _place(folder, dest)
-        finally:
-            if not keep_scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
-    folder = Path(target.name)
-    if not (folder / ADAPTER_CONFIG).is_file():
-        raise PublishError(f"{uri}: {folder} holds no {ADAPTER_CONFIG}; nothing was published there")
-    return _place(_safetensors_only(folder, uri), dest)
+    target = parse_uri(uri, for_fetch=True)
+    if target.scheme == "file":
+        return _local_adapter(target, uri)
+    scratch = _fresh_dir(f"{target.scheme}-{target.name}")
+    try:
+        return _download(target, token, scratch, uri)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
 
 
 @contextlib.contextmanager
 def fetched_adapter(uri: str, token: str | None = None) -> Iterator[Path]:
-    """A fresh copy of a published adapter for the duration of the block, removed afterwards.
+    """A published adapter for the duration of the block: downloaded fresh into a scratch folder that
+    is removed afterwards, or a `file://` adapter read in place.
 
     Loading an adapter reads its weights into memory, so the files are not needed once loaded;
     without this every verification and chat session would leave a copy behind.
     """
-    scratch = _fresh_dir("adapter")
+    target = parse_uri(uri, for_fetch=True)
+    if target.scheme == "file":
+        yield _local_adapter(target, uri)
+        return
+    scratch = _fresh_dir(f"{target.scheme}-{target.name}")
     try:
-        yield fetch_adapter(uri, token=token, dest=scratch / "adapter")
+        yield _download(target, token, scratch, uri)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _download(target: _Target, token: str | None, scratch: Path, uri: str) -> Path:
+    download = _fetch_hub if target.scheme == "hf" else _fetch_mlflow
+    return _safetensors_only(download(target, token, scratch), uri)
+
+
+def _local_adapter(target: _Target, uri: str) -> Path:
+    folder = Path(target.name)
+    if not (folder / ADAPTER_CONFIG).is_file():
+        raise PublishError(f"{uri}: {folder} holds no {ADAPTER_CONFIG}; nothing was published there")
+    return _safetensors_only(folder, uri)
 
 
 def _safetensors_only(folder: Path, uri: str) -> Path:
