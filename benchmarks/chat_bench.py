@@ -2,10 +2,10 @@
 
     python benchmarks/chat_bench.py [--config configs/chat.yaml] [--users 10] [--threads 1]
 
-1. Generation alone (`tasks.generation.stream_reply`, greedy, 64 new tokens, median of 3 runs) for a
+1. Generation alone (`tasks.chat.generation.stream_reply`, greedy, 64 new tokens, median of 3 runs) for a
    short and a long prompt: time to first token (prompt processing + first token) and decode
    tokens/s (the tokens after the first, over the time after the first).
-2. The served app (`tasks.chat_ui`, real Gradio server on 127.0.0.1): `--users` gradio_client
+2. The served app (`tasks.chat.app`, real Gradio server on 127.0.0.1): `--users` gradio_client
    clients send one message each at the same moment; per-user latency to the first streamed token
    and to the full reply, p50/p95. The app queue is bounded (server.max_queue) and generates
    server.concurrency_limit replies at once.
@@ -67,7 +67,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict:
-    from tasks.generation import SamplingSettings, build_prompt, stream_reply
+    from tasks.chat.generation import SamplingSettings, build_prompt, stream_reply
 
     messages = [{"role": "user", "content": prompt}]
     settings = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens)
@@ -82,13 +82,22 @@ def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict
             text += delta
         ended = time.perf_counter()
         tokens = len(loaded.tokenizer.encode(text, add_special_tokens=False))
-        measured.append({"ttft_s": first - started, "decode_tokens_per_s": (tokens - 1) / (ended - first)
-                         if tokens > 1 and ended > first else None, "new_tokens": tokens})
-    return {"prompt_tokens": prompt_tokens,
-            "ttft_s": statistics.median(m["ttft_s"] for m in measured),
-            "decode_tokens_per_s": statistics.median(m["decode_tokens_per_s"] for m in measured
-                                                     if m["decode_tokens_per_s"]),
-            "new_tokens": statistics.median(m["new_tokens"] for m in measured), "runs": runs}
+        measured.append(
+            {
+                "ttft_s": first - started,
+                "decode_tokens_per_s": (tokens - 1) / (ended - first) if tokens > 1 and ended > first else None,
+                "new_tokens": tokens,
+            }
+        )
+    return {
+        "prompt_tokens": prompt_tokens,
+        "ttft_s": statistics.median(m["ttft_s"] for m in measured),
+        "decode_tokens_per_s": statistics.median(
+            m["decode_tokens_per_s"] for m in measured if m["decode_tokens_per_s"]
+        ),
+        "new_tokens": statistics.median(m["new_tokens"] for m in measured),
+        "runs": runs,
+    }
 
 
 def concurrent_users(url: str, model: str, users: int, max_new_tokens: int) -> dict:
@@ -103,18 +112,25 @@ def concurrent_users(url: str, model: str, users: int, max_new_tokens: int) -> d
         started = time.perf_counter()
         first = None
         try:
-            job = clients[index].submit(f"User {index}: name three colours.", [], model, "", 0.0, 0.9, 50, 1.1,
-                                        max_new_tokens, api_name="/chat")
+            job = clients[index].submit(
+                f"User {index}: name three colours.", [], model, "", 0.0, 0.9, 50, 1.1, max_new_tokens, api_name="/chat"
+            )
             for history, _ in job:
                 if first is None and history and history[-1]["role"] == "assistant" and text_of(history[-1]):
                     first = time.perf_counter()
             history, _ = job.result()
             ok = history[-1]["role"] == "assistant" and bool(text_of(history[-1]))
-            results[index] = {"ok": ok, "latency_s": time.perf_counter() - started,
-                              "first_token_s": (first or time.perf_counter()) - started}
+            results[index] = {
+                "ok": ok,
+                "latency_s": time.perf_counter() - started,
+                "first_token_s": (first or time.perf_counter()) - started,
+            }
         except Exception as error:  # reported, never hidden
-            results[index] = {"ok": False, "error": f"{type(error).__name__}: {error}",
-                              "latency_s": time.perf_counter() - started}
+            results[index] = {
+                "ok": False,
+                "error": f"{type(error).__name__}: {error}",
+                "latency_s": time.perf_counter() - started,
+            }
 
     threads = [threading.Thread(target=one_user, args=(i,)) for i in range(users)]
     wall = time.perf_counter()
@@ -125,10 +141,17 @@ def concurrent_users(url: str, model: str, users: int, max_new_tokens: int) -> d
     wall = time.perf_counter() - wall
     latencies = [r["latency_s"] for r in results if r["ok"]]
     firsts = [r["first_token_s"] for r in results if r["ok"]]
-    return {"users": users, "ok": len(latencies), "errors": [r.get("error") for r in results if not r["ok"]],
-            "max_new_tokens": max_new_tokens, "wall_s": wall,
-            "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
-            "first_token_p50_s": percentile(firsts, 50), "first_token_p95_s": percentile(firsts, 95)}
+    return {
+        "users": users,
+        "ok": len(latencies),
+        "errors": [r.get("error") for r in results if not r["ok"]],
+        "max_new_tokens": max_new_tokens,
+        "wall_s": wall,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "first_token_p50_s": percentile(firsts, 50),
+        "first_token_p95_s": percentile(firsts, 95),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tasks.chat_ui import ChatAppConfig, ChatService, build_app, launch
-    from tasks.config import load_config
+    from tasks.chat.app import ChatAppConfig, ChatService, build_app, launch
+    from tasks.core.config import load_config
 
     torch.set_num_threads(args.threads)
     config = load_config(ChatAppConfig, args.config, [f"server.port={free_port()}", "list_registry=false"])
@@ -154,17 +177,26 @@ def main(argv: list[str] | None = None) -> int:
     loaded = service.pool.get(model)
     load_s = time.perf_counter() - load_started
 
-    report: dict = {"model": model, "threads": args.threads, "cpu": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "model_load_s": load_s,
-                    "context_length": loaded.context_length,
-                    "command": "python benchmarks/chat_bench.py " + " ".join(argv or sys.argv[1:])}
+    report: dict = {
+        "model": model,
+        "threads": args.threads,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_before": os.getloadavg(),
+        "model_load_s": load_s,
+        "context_length": loaded.context_length,
+        "command": "python benchmarks/chat_bench.py " + " ".join(argv or sys.argv[1:]),
+    }
     report["short_prompt"] = time_generation(loaded, SHORT_PROMPT, args.max_new_tokens, args.runs)
     report["long_prompt"] = time_generation(loaded, long_prompt(loaded.tokenizer), args.max_new_tokens, args.runs)
     app = build_app(config, service, [model])
     url = launch(app, config)
     try:
-        report["app"] = {"concurrency_limit": config.server.concurrency_limit, "max_queue": config.server.max_queue,
-                         **concurrent_users(url, model, args.users, args.user_max_new_tokens)}
+        report["app"] = {
+            "concurrency_limit": config.server.concurrency_limit,
+            "max_queue": config.server.max_queue,
+            **concurrent_users(url, model, args.users, args.user_max_new_tokens),
+        }
     finally:
         app.close()
     report["load_average_after"] = os.getloadavg()
@@ -177,30 +209,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(r: dict) -> str:
-    s, l, a = r["short_prompt"], r["long_prompt"], r["app"]
-    return "\n".join([
-        f"# Chat benchmark: {r['model']}",
-        "",
-        f"Command: `{r['command']}`  ",
-        f"CPU: {r['cpus']} cores ({r['cpu']}), torch threads {r['threads']}, load average before "
-        f"{r['load_average_before'][0]:.1f} / after {r['load_average_after'][0]:.1f} (shared machine)  ",
-        f"Model load: {r['model_load_s']:.1f} s; context {r['context_length']} tokens",
-        "",
-        "| prompt | prompt tokens | time to first token | decode tokens/s | new tokens |",
-        "| --- | --- | --- | --- | --- |",
-        f"| short | {s['prompt_tokens']} | {s['ttft_s']:.2f} s | {s['decode_tokens_per_s']:.1f} | {s['new_tokens']} |",
-        f"| long | {l['prompt_tokens']} | {l['ttft_s']:.2f} s | {l['decode_tokens_per_s']:.1f} | {l['new_tokens']} |",
-        "",
-        f"App on 127.0.0.1, {a['users']} concurrent users, one message each ({a['max_new_tokens']} new tokens, greedy); "
-        f"concurrency limit {a['concurrency_limit']}, queue bounded at {a['max_queue']}:",
-        "",
-        "| users | answered | first token p50 | first token p95 | reply p50 | reply p95 | wall |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
-        f"| {a['users']} | {a['ok']} | {a['first_token_p50_s']:.2f} s | {a['first_token_p95_s']:.2f} s | "
-        f"{a['latency_p50_s']:.2f} s | {a['latency_p95_s']:.2f} s | {a['wall_s']:.1f} s |",
-        *(["", f"Errors: {a['errors']}"] if a["errors"] else []),
-        "",
-    ])
+    s, long, a = r["short_prompt"], r["long_prompt"], r["app"]
+    return "\n".join(
+        [
+            f"# Chat benchmark: {r['model']}",
+            "",
+            f"Command: `{r['command']}`  ",
+            f"CPU: {r['cpus']} cores ({r['cpu']}), torch threads {r['threads']}, load average before "
+            f"{r['load_average_before'][0]:.1f} / after {r['load_average_after'][0]:.1f} (shared machine)  ",
+            f"Model load: {r['model_load_s']:.1f} s; context {r['context_length']} tokens",
+            "",
+            "| prompt | prompt tokens | time to first token | decode tokens/s | new tokens |",
+            "| --- | --- | --- | --- | --- |",
+            f"| short | {s['prompt_tokens']} | {s['ttft_s']:.2f} s | {s['decode_tokens_per_s']:.1f} | {s['new_tokens']} |",
+            f"| long | {long['prompt_tokens']} | {long['ttft_s']:.2f} s | {long['decode_tokens_per_s']:.1f} | {long['new_tokens']} |",
+            "",
+            f"App on 127.0.0.1, {a['users']} concurrent users, one message each ({a['max_new_tokens']} new tokens, greedy); "
+            f"concurrency limit {a['concurrency_limit']}, queue bounded at {a['max_queue']}:",
+            "",
+            "| users | answered | first token p50 | first token p95 | reply p50 | reply p95 | wall |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            f"| {a['users']} | {a['ok']} | {a['first_token_p50_s']:.2f} s | {a['first_token_p95_s']:.2f} s | "
+            f"{a['latency_p50_s']:.2f} s | {a['latency_p95_s']:.2f} s | {a['wall_s']:.1f} s |",
+            *(["", f"Errors: {a['errors']}"] if a["errors"] else []),
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))] if ordered else float("nan")
 
 
-def client_loop(url: str, model: str, index: int, deadline: list[float], max_new_tokens: int,
-                start: threading.Barrier, out: dict) -> None:
+def client_loop(
+    url: str, model: str, index: int, deadline: list[float], max_new_tokens: int, start: threading.Barrier, out: dict
+) -> None:
     from gradio_client import Client
 
     history: list[dict] = []
@@ -66,21 +67,32 @@ def client_loop(url: str, model: str, index: int, deadline: list[float], max_new
         sent = [(m["role"], text_of(m)) for m in history]
         started = time.monotonic()
         try:
-            new_history, _notice = client.predict(message, history, model, "", 0.7, 0.9, 50, 1.1, max_new_tokens,
-                                                  api_name="/chat")
+            new_history, _notice = client.predict(
+                message, history, model, "", 0.7, 0.9, 50, 1.1, max_new_tokens, api_name="/chat"
+            )
         except Exception as error:
             errors.append(f"turn {turns}: {type(error).__name__}: {error}")
             break
         latencies.append(time.monotonic() - started)
         got = [(m["role"], text_of(m)) for m in new_history]
         # Sent history, then this user message, then (maybe a notice box, then) the reply.
-        if got[:len(sent)] != sent or got[len(sent)] != ("user", message) or got[-1][0] != "assistant" \
-                or not got[-1][1].strip() or any(f"[client {index} " not in t for r, t in got if r == "user"):
+        if (
+            got[: len(sent)] != sent
+            or got[len(sent)] != ("user", message)
+            or got[-1][0] != "assistant"
+            or not got[-1][1].strip()
+            or any(f"[client {index} " not in t for r, t in got if r == "user")
+        ):
             broken.append(f"turn {turns}: history came back changed")
         history = new_history
         turns += 1
-    out[index] = {"turns": turns, "latencies": latencies, "errors": errors, "broken": broken,
-                  "final_messages": len(history)}
+    out[index] = {
+        "turns": turns,
+        "latencies": latencies,
+        "errors": errors,
+        "broken": broken,
+        "final_messages": len(history),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tasks.chat_ui import ChatAppConfig, ChatService, build_app, launch
-    from tasks.config import load_config
+    from tasks.chat.app import ChatAppConfig, ChatService, build_app, launch
+    from tasks.core.config import load_config
 
     torch.set_num_threads(args.threads)
     config = load_config(ChatAppConfig, args.config, [f"server.port={free_port()}", "list_registry=false"])
@@ -108,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         start = threading.Barrier(args.clients + 1)  # every client connected before the clock starts
         deadline = [0.0]
-        threads = [threading.Thread(target=client_loop, args=(url, model, i, deadline, args.max_new_tokens, start,
-                                                              results)) for i in range(args.clients)]
+        threads = [
+            threading.Thread(target=client_loop, args=(url, model, i, deadline, args.max_new_tokens, start, results))
+            for i in range(args.clients)
+        ]
         for thread in threads:
             thread.start()
         deadline[0] = time.monotonic() + args.seconds + 120  # connecting 20 clients takes a while
@@ -124,15 +138,21 @@ def main(argv: list[str] | None = None) -> int:
 
     latencies = [x for r in results.values() for x in r["latencies"]]
     report = {
-        "model": model, "clients": args.clients, "seconds": args.seconds, "wall_s": wall,
-        "max_new_tokens": args.max_new_tokens, "threads": args.threads,
-        "concurrency_limit": config.server.concurrency_limit, "max_queue": config.server.max_queue,
+        "model": model,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "wall_s": wall,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        "concurrency_limit": config.server.concurrency_limit,
+        "max_queue": config.server.max_queue,
         "turns": sum(r["turns"] for r in results.values()),
         "clients_finished": len(results),
         "errors": [e for r in results.values() for e in r["errors"]],
         "broken_histories": [b for r in results.values() for b in r["broken"]],
         "turns_per_client": sorted(r["turns"] for r in results.values()),
-        "latency_p50_s": percentile(latencies, 50), "latency_p95_s": percentile(latencies, 95),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
         "load_average": os.getloadavg(),
         "command": "python benchmarks/chat_load.py " + " ".join(argv or sys.argv[1:]),
     }
@@ -140,28 +160,34 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "chat_load.json").write_text(json.dumps(report, indent=2))
     (RESULTS / "chat_load.md").write_text(markdown(report))
     print(markdown(report))
-    ok = (not report["errors"] and not report["broken_histories"] and report["clients_finished"] == args.clients
-          and all(t > 0 for t in report["turns_per_client"]))
+    ok = (
+        not report["errors"]
+        and not report["broken_histories"]
+        and report["clients_finished"] == args.clients
+        and all(t > 0 for t in report["turns_per_client"])
+    )
     return 0 if ok else 1
 
 
 def markdown(r: dict) -> str:
-    return "\n".join([
-        f"# Chat load test: {r['clients']} clients for {r['seconds']:.0f} s ({r['model']})",
-        "",
-        f"Command: `{r['command']}`  ",
-        f"Torch threads {r['threads']}, concurrency limit {r['concurrency_limit']}, queue bounded at {r['max_queue']}, "
-        f"{r['max_new_tokens']} new tokens a turn; load average at the end {r['load_average'][0]:.1f} (shared machine)",
-        "",
-        "| clients | turns | errors | broken histories | turns per client (min-max) | p50 | p95 | wall |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-        f"| {r['clients_finished']}/{r['clients']} | {r['turns']} | {len(r['errors'])} | {len(r['broken_histories'])} | "
-        f"{min(r['turns_per_client'], default=0)}-{max(r['turns_per_client'], default=0)} | "
-        f"{r['latency_p50_s']:.2f} s | {r['latency_p95_s']:.2f} s | {r['wall_s']:.1f} s |",
-        *(["", f"Errors: {r['errors'][:5]}"] if r["errors"] else []),
-        *(["", f"Broken histories: {r['broken_histories'][:5]}"] if r["broken_histories"] else []),
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# Chat load test: {r['clients']} clients for {r['seconds']:.0f} s ({r['model']})",
+            "",
+            f"Command: `{r['command']}`  ",
+            f"Torch threads {r['threads']}, concurrency limit {r['concurrency_limit']}, queue bounded at {r['max_queue']}, "
+            f"{r['max_new_tokens']} new tokens a turn; load average at the end {r['load_average'][0]:.1f} (shared machine)",
+            "",
+            "| clients | turns | errors | broken histories | turns per client (min-max) | p50 | p95 | wall |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            f"| {r['clients_finished']}/{r['clients']} | {r['turns']} | {len(r['errors'])} | {len(r['broken_histories'])} | "
+            f"{min(r['turns_per_client'], default=0)}-{max(r['turns_per_client'], default=0)} | "
+            f"{r['latency_p50_s']:.2f} s | {r['latency_p95_s']:.2f} s | {r['wall_s']:.1f} s |",
+            *(["", f"Errors: {r['errors'][:5]}"] if r["errors"] else []),
+            *(["", f"Broken histories: {r['broken_histories'][:5]}"] if r["broken_histories"] else []),
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -19,8 +19,15 @@ sys.path.insert(0, str(ROOT))
 
 import tasks  # noqa: E402,F401  (quiet defaults before the libraries load)
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 QUESTIONS = ["What is the capital of France?", "Give me one tip for learning Python."]
 
 
@@ -53,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from playwright.sync_api import sync_playwright
 
-    from tasks.chat_ui import ChatAppConfig, build_app, launch
-    from tasks.config import load_config
+    from tasks.chat.app import ChatAppConfig, build_app, launch
+    from tasks.core.config import load_config
 
     torch.set_num_threads(1)
     config = load_config(ChatAppConfig, args.config, [f"server.port={free_port()}", "sampling.max_new_tokens=96"])

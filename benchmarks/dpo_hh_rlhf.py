@@ -23,9 +23,11 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import tasks  # noqa: E402,F401
-from tasks import dpo, models, preferences, training  # noqa: E402
-from tasks.config import PROJECT_ROOT, load_config  # noqa: E402
+import tasks  # noqa: F401
+from tasks.core import models
+from tasks.core.config import PROJECT_ROOT, load_config
+from tasks.training import dpo, preferences
+from tasks.training import trainer as training
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 CONFIG = PROJECT_ROOT / "configs" / "dpo_hh_rlhf.yaml"
@@ -54,10 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     model, tokenizer, _ = models.load_base_model(cfg.model.name, placement)
     prefs = preferences.load_preferences(
-        train=cfg.data.train, eval=cfg.data.eval, split=cfg.data.split, eval_fraction=cfg.data.eval_fraction,
-        max_train_rows=cfg.data.max_train_rows, max_eval_rows=cfg.data.max_eval_rows,
-        on_bad_rows=cfg.data.on_bad_rows, system_prompt=cfg.data.system_prompt, seed=cfg.data.seed,
-        tokenizer=tokenizer, max_prompt_tokens=cfg.dpo.max_prompt_tokens)
+        train=cfg.data.train,
+        eval=cfg.data.eval,
+        split=cfg.data.split,
+        eval_fraction=cfg.data.eval_fraction,
+        max_train_rows=cfg.data.max_train_rows,
+        max_eval_rows=cfg.data.max_eval_rows,
+        on_bad_rows=cfg.data.on_bad_rows,
+        system_prompt=cfg.data.system_prompt,
+        seed=cfg.data.seed,
+        tokenizer=tokenizer,
+        max_prompt_tokens=cfg.dpo.max_prompt_tokens,
+    )
     model = models.freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     output_dir = training.checkpoint_dir("dpo-benchmark", cfg)
     trainer = dpo.build_trainer(model, tokenizer, prefs.train, prefs.eval, cfg, placement, output_dir)
@@ -68,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     trained = dpo.evaluate_trained(trainer, cfg.dpo.beta, base.reference)
     eval_s = time.perf_counter() - t0
-    gate = dpo.quality_gate(base.metrics["rewards/accuracies"], trained.metrics["rewards/accuracies"],
-                            cfg.dpo.min_reward_accuracy)
+    gate = dpo.quality_gate(
+        base.metrics["rewards/accuracies"], trained.metrics["rewards/accuracies"], cfg.dpo.min_reward_accuracy
+    )
     # How often the reference alone already assigns the chosen reply the higher likelihood: the
     # base model's own "preference", which the implicit reward does not measure.
     ref_prefers_chosen = (base.reference.chosen > base.reference.rejected).float().mean().item()
@@ -78,34 +89,54 @@ def main(argv: list[str] | None = None) -> int:
     low, high = wilson_interval(trained.metrics["rewards/accuracies"] * pairs, pairs)
     report = {
         "command": f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} python -m benchmarks.dpo_hh_rlhf "
-                   + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": str(CONFIG.relative_to(PROJECT_ROOT)), "overrides": overrides,
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": str(CONFIG.relative_to(PROJECT_ROOT)),
+        "overrides": overrides,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch threads {os.environ.get('OMP_NUM_THREADS')}, "
-                   f"load average at the end {os.getloadavg()[0]:.1f}",
+        f"load average at the end {os.getloadavg()[0]:.1f}",
         "accuracy_95ci": [low, high],
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2,
-        "data": prefs.summary(), "bad_rows": [str(b) for b in prefs.bad_rows],
-        "train": result.summary(), "seconds_per_step": result.seconds / max(1, result.steps - result.resumed_from_step),
-        "base_eval": base.metrics, "eval": trained.metrics, "reference_prefers_chosen_by_likelihood": ref_prefers_chosen,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        "data": prefs.summary(),
+        "bad_rows": [str(b) for b in prefs.bad_rows],
+        "train": result.summary(),
+        "seconds_per_step": result.seconds / max(1, result.steps - result.resumed_from_step),
+        "base_eval": base.metrics,
+        "eval": trained.metrics,
+        "reference_prefers_chosen_by_likelihood": ref_prefers_chosen,
         "gate": {"passed": gate.passed, "reason": gate.reason},
-        "seconds": {"base_eval": base_eval_s, "train": result.seconds, "eval": eval_s,
-                    "total": time.perf_counter() - started},
+        "seconds": {
+            "base_eval": base_eval_s,
+            "train": result.seconds,
+            "eval": eval_s,
+            "total": time.perf_counter() - started,
+        },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     b, e = base.metrics, trained.metrics
-    (RESULTS / f"{args.name}.md").write_text("\n".join([
-        f"# DPO on HH-RLHF harmless: {result.steps} steps, {int(e['pairs'])} held-out pairs", "",
-        f"`{report['command']}` ({report['machine']})", "",
-        "| | reward accuracy | reward margin | logp chosen | logp rejected |", "| --- | --- | --- | --- | --- |",
-        f"| untrained | {b['rewards/accuracies']:.3f} | {b['rewards/margins']:.4f} | {b['logps/chosen']:.1f} | {b['logps/rejected']:.1f} |",
-        f"| trained | {e['rewards/accuracies']:.3f} | {e['rewards/margins']:.4f} | {e['logps/chosen']:.1f} | {e['logps/rejected']:.1f} |",
-        "", f"Trained held-out reward accuracy, 95% interval (Wilson): {low:.3f}-{high:.3f}.",
-        f"Reference prefers the chosen reply by likelihood alone in {ref_prefers_chosen:.3f} of held-out pairs.",
-        f"Gate: {'passed' if gate.passed else 'FAILED'}: {gate.reason}.", "",
-        f"Train: {result.seconds:.0f} s ({report['seconds_per_step']:.1f} s/step); evaluation before {base_eval_s:.0f} s, "
-        f"after {eval_s:.0f} s; total {report['seconds']['total']:.0f} s; peak RSS {report['peak_rss_gb']:.1f} GB.",
-        f"Data: {prefs.summary()}", ""]))
+    (RESULTS / f"{args.name}.md").write_text(
+        "\n".join(
+            [
+                f"# DPO on HH-RLHF harmless: {result.steps} steps, {int(e['pairs'])} held-out pairs",
+                "",
+                f"`{report['command']}` ({report['machine']})",
+                "",
+                "| | reward accuracy | reward margin | logp chosen | logp rejected |",
+                "| --- | --- | --- | --- | --- |",
+                f"| untrained | {b['rewards/accuracies']:.3f} | {b['rewards/margins']:.4f} | {b['logps/chosen']:.1f} | {b['logps/rejected']:.1f} |",
+                f"| trained | {e['rewards/accuracies']:.3f} | {e['rewards/margins']:.4f} | {e['logps/chosen']:.1f} | {e['logps/rejected']:.1f} |",
+                "",
+                f"Trained held-out reward accuracy, 95% interval (Wilson): {low:.3f}-{high:.3f}.",
+                f"Reference prefers the chosen reply by likelihood alone in {ref_prefers_chosen:.3f} of held-out pairs.",
+                f"Gate: {'passed' if gate.passed else 'FAILED'}: {gate.reason}.",
+                "",
+                f"Train: {result.seconds:.0f} s ({report['seconds_per_step']:.1f} s/step); evaluation before {base_eval_s:.0f} s, "
+                f"after {eval_s:.0f} s; total {report['seconds']['total']:.0f} s; peak RSS {report['peak_rss_gb']:.1f} GB.",
+                f"Data: {prefs.summary()}",
+                "",
+            ]
+        )
+    )
     print((RESULTS / f"{args.name}.md").read_text())
     return 0 if gate.passed else 1
 

@@ -37,11 +37,25 @@ EXTRA_PDFS = {"libtasn1.pdf": Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")}
 PIPELINES = {
     # name: (pdf-index overrides, rag overrides)
     "original (CharacterTextSplitter default \\n\\n, 1000/200, vectors)": (
-        ["store.collection=original", "chunk.splitter=character", "chunk.separator=\"\\n\\n\"", "chunk.size=1000",
-         "chunk.overlap=200"], ["store.collection=original", "retrieval.mode=vector"]),
+        [
+            "store.collection=original",
+            "chunk.splitter=character",
+            'chunk.separator="\\n\\n"',
+            "chunk.size=1000",
+            "chunk.overlap=200",
+        ],
+        ["store.collection=original", "retrieval.mode=vector"],
+    ),
     "original, tuned sizes (separator \\n, 1000/200, vectors)": (
-        ["store.collection=original_tuned", "chunk.splitter=character", "chunk.separator=\"\\n\"", "chunk.size=1000",
-         "chunk.overlap=200"], ["store.collection=original_tuned", "retrieval.mode=vector"]),
+        [
+            "store.collection=original_tuned",
+            "chunk.splitter=character",
+            'chunk.separator="\\n"',
+            "chunk.size=1000",
+            "chunk.overlap=200",
+        ],
+        ["store.collection=original_tuned", "retrieval.mode=vector"],
+    ),
     "ours (recursive 600/100, hybrid BM25 + vectors)": ([], []),
 }
 
@@ -67,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import tasks  # noqa: F401
     from flows.pdf_index import pdf_index
-    from tasks import rag
-    from tasks.config import load_config
+    from tasks.core.config import load_config
+    from tasks.rag import query as rag
 
-    results: dict = {"machine": f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
-                     "load_average_at_start": os.getloadavg()}
+    results: dict = {
+        "machine": f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
+        "load_average_at_start": os.getloadavg(),
+    }
 
     # 1. first index of GeoTopo, then the same again
     geotopo = str(pdfs / "GeoTopo-komprimiert.pdf")
@@ -79,8 +95,16 @@ def main(argv: list[str] | None = None) -> int:
     for attempt in ("first", "again"):
         started = time.perf_counter()
         report = pdf_index(config="configs/pdf_index.yaml", overrides=[], sources=[geotopo])[0]
-        runs.append({"run": attempt, "status": report["status"], "pages": report["pages"], "chunks": report["chunks"],
-                     "document_seconds": report["seconds"], "flow_seconds": time.perf_counter() - started})
+        runs.append(
+            {
+                "run": attempt,
+                "status": report["status"],
+                "pages": report["pages"],
+                "chunks": report["chunks"],
+                "document_seconds": report["seconds"],
+                "flow_seconds": time.perf_counter() - started,
+            }
+        )
     first, again = runs
     results["index"] = {
         "runs": runs,
@@ -111,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         scores = {}
         for qa_name, (questions, _) in qa_files.items():
             scored = rag.evaluate_retrieval(questions, config, k=5)
-            scores[qa_name] = {key: scored[key] for key in ("questions", "hit_at_k", "mrr", "mean_chunk_chars",
-                                                             "page_hit_at_k")}
+            scores[qa_name] = {
+                key: scored[key] for key in ("questions", "hit_at_k", "mrr", "mean_chunk_chars", "page_hit_at_k")
+            }
             scores[qa_name]["misses"] = [r["id"] for r in scored["per_question"] if r["rank"] is None]
         results["quality"][name] = {"index_seconds": time.perf_counter() - started, "scores": scores}
         print(name, json.dumps(scores, indent=1), flush=True)
@@ -129,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             rag.retrieve(query, config, 5)
             times.append(time.perf_counter() - started)
-        results["latency"][label] = {"queries": len(times), "p50_ms": 1000 * statistics.median(times),
-                                     "p95_ms": 1000 * percentile(times, 0.95)}
+        results["latency"][label] = {
+            "queries": len(times),
+            "p50_ms": 1000 * statistics.median(times),
+            "p95_ms": 1000 * percentile(times, 0.95),
+        }
     print(json.dumps(results["latency"], indent=2), flush=True)
     results["load_average_at_end"] = os.getloadavg()
 
@@ -149,7 +177,8 @@ def markdown(results: dict) -> str:
         f"Machine: {results['machine']}; load average at start {results['load_average_at_start'][0]:.1f}, "
         f"at end {results['load_average_at_end'][0]:.1f} (the machine is shared: timings vary with its load).",
         "## Indexing GeoTopo-komprimiert.pdf (117 pages)",
-        "| run | status | chunks | document seconds | flow seconds |", "| --- | --- | --- | --- | --- |",
+        "| run | status | chunks | document seconds | flow seconds |",
+        "| --- | --- | --- | --- | --- |",
         f"| first | {first['status']} | {first['chunks']} | {first['document_seconds']:.2f} | {first['flow_seconds']:.2f} |",
         f"| again (baseline for the speed-up) | {again['status']} | {again['chunks']} | "
         f"{again['document_seconds']:.3f} | {again['flow_seconds']:.2f} |",
@@ -164,9 +193,15 @@ def markdown(results: dict) -> str:
     ]
     for name, quality in results["quality"].items():
         for qa, s in quality["scores"].items():
-            lines.append(f"| {name} | {qa} | {s['questions']} | {s['hit_at_k']:.3f} | {s['mrr']:.3f} | "
-                         f"{s['page_hit_at_k']:.3f} | {s['mean_chunk_chars']:.0f} |")
-    lines += ["## Retrieval latency (warm, k = 5)", "| retrieval | queries | p50 ms | p95 ms |", "| --- | --- | --- | --- |"]
+            lines.append(
+                f"| {name} | {qa} | {s['questions']} | {s['hit_at_k']:.3f} | {s['mrr']:.3f} | "
+                f"{s['page_hit_at_k']:.3f} | {s['mean_chunk_chars']:.0f} |"
+            )
+    lines += [
+        "## Retrieval latency (warm, k = 5)",
+        "| retrieval | queries | p50 ms | p95 ms |",
+        "| --- | --- | --- | --- |",
+    ]
     for label, latency in results["latency"].items():
         lines.append(f"| {label} | {latency['queries']} | {latency['p50_ms']:.1f} | {latency['p95_ms']:.1f} |")
     return "\n".join(lines)

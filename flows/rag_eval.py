@@ -13,28 +13,37 @@ from __future__ import annotations
 import json
 import sys
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from tasks import rag, tracking
-from tasks.config import cli_parser, load_config, print_options
-from tasks.reporting import publish_summary, table
+from tasks.core import tracking
+from tasks.core.cli import run_cli
+from tasks.core.config import load_config
+from tasks.core.reporting import publish_summary, table
+from tasks.core.steps import step
+from tasks.rag import query as rag
 
 FLOW = "rag-eval"
 DEFAULT_CONFIG = "configs/rag.yaml"
 
-load_questions = task(name="load_questions", cache_policy=NONE)(rag.load_questions)
-evaluate_retrieval = task(name="evaluate_retrieval", cache_policy=NONE)(rag.evaluate_retrieval)
+load_questions = step(rag.load_questions)
+evaluate_retrieval = step(rag.evaluate_retrieval)
 
 
 def summary_markdown(qa: str, result: dict) -> str:
-    rows = [[r["id"], r["question"], r["rank"] or "miss", r["page"], r["retrieved_pages"]] for r in result["per_question"]]
-    head = (f"# rag-eval: hit@{result['k']} {result['hit_at_k']:.3f}, MRR {result['mrr']:.3f}\n\n"
-            f"{result['questions']} questions from `{qa}`; mean retrieved chunk {result['mean_chunk_chars']:.0f} characters")
+    rows = [
+        [r["id"], r["question"], r["rank"] or "miss", r["page"], r["retrieved_pages"]] for r in result["per_question"]
+    ]
+    head = (
+        f"# rag-eval: hit@{result['k']} {result['hit_at_k']:.3f}, MRR {result['mrr']:.3f}\n\n"
+        f"{result['questions']} questions from `{qa}`; mean retrieved chunk {result['mean_chunk_chars']:.0f} characters"
+    )
     errors = "\n".join(f"- {e}" for e in result["skipped"])
-    return "\n\n".join([head] + ([f"## Skipped lines\n{errors}"] if errors else []) +
-                       [table(["id", "question", "first hit", "page", "retrieved pages"], rows)])
+    return "\n\n".join(
+        [head]
+        + ([f"## Skipped lines\n{errors}"] if errors else [])
+        + [table(["id", "question", "first hit", "page", "retrieved pages"], rows)]
+    )
 
 
 @flow(name=FLOW, log_prints=False)
@@ -48,10 +57,17 @@ def rag_eval(qa: str, config: str = DEFAULT_CONFIG, overrides: list[str] | None 
     result = evaluate_retrieval(questions, cfg, k)
     result["skipped"] = errors
     with tracking.start_run(FLOW, cfg, tags={"qa.file": qa}) as run:
-        tracking.log_metrics({"hit_at_k": result["hit_at_k"], "mrr": result["mrr"],
-                              "mean_chunk_chars": result["mean_chunk_chars"], "questions": result["questions"],
-                              "k": result["k"], "mean_latency_s": result["mean_latency_s"],
-                              **({"page_hit_at_k": result["page_hit_at_k"]} if result["page_hit_at_k"] is not None else {})})
+        tracking.log_metrics(
+            {
+                "hit_at_k": result["hit_at_k"],
+                "mrr": result["mrr"],
+                "mean_chunk_chars": result["mean_chunk_chars"],
+                "questions": result["questions"],
+                "k": result["k"],
+                "mean_latency_s": result["mean_latency_s"],
+                **({"page_hit_at_k": result["page_hit_at_k"]} if result["page_hit_at_k"] is not None else {}),
+            }
+        )
         import mlflow
 
         mlflow.log_dict(result, "rag_eval.json")
@@ -60,32 +76,43 @@ def rag_eval(qa: str, config: str = DEFAULT_CONFIG, overrides: list[str] | None 
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = cli_parser(__doc__.splitlines()[0], DEFAULT_CONFIG)
+def add_arguments(parser) -> None:
     parser.add_argument("--qa", required=False, help="question file (JSONL)")
     parser.add_argument("--k", type=int, default=None, help="chunks retrieved per question (default: retrieval.k)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
-    if args.help_config:
-        print_options(rag.RagConfig)
-        return 0
+
+
+def flow_kwargs(args, parser) -> dict:
     if not args.qa:
         parser.error("--qa QUESTIONS.jsonl is required")
     if args.k is not None and args.k < 1:
         parser.error(f"--k must be at least 1, got {args.k}")
-    try:
-        result = rag_eval(qa=args.qa, config=args.config, overrides=args.overrides, k=args.k)
-    except Exception as error:  # the flow recorded the failure; tell the person why
-        print(f"rag-eval FAILED: {type(error).__name__}: {error}", file=sys.stderr)
-        return 1
+    return {"qa": args.qa, "k": args.k}
+
+
+def show(result: dict, args) -> None:
     if args.json:
-        print(json.dumps({key: value for key, value in result.items()}, indent=2, ensure_ascii=False))
-    else:
-        for error in result["skipped"]:
-            print(f"skipped {error}")
-        print(f"hit@{result['k']} {result['hit_at_k']:.3f}  MRR {result['mrr']:.3f}  "
-              f"mean chunk {result['mean_chunk_chars']:.0f} chars  ({result['questions']} questions)")
-    return 0
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return
+    for error in result["skipped"]:
+        print(f"skipped {error}")
+    print(
+        f"hit@{result['k']} {result['hit_at_k']:.3f}  MRR {result['mrr']:.3f}  "
+        f"mean chunk {result['mean_chunk_chars']:.0f} chars  ({result['questions']} questions)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(
+        rag_eval,
+        rag.RagConfig,
+        DEFAULT_CONFIG,
+        argv,
+        description=__doc__.splitlines()[0],
+        add_arguments=add_arguments,
+        flow_kwargs=flow_kwargs,
+        show=show,
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (as scripts/setup.sh) plus what the tests drive for real (Debian chromium for the browser
-# tests), then run the whole test suite. Extra arguments go to pytest.
+# tests), check lint, format and the import contracts, then run the whole test suite. Extra
+# arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,4 +13,7 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "warning: chromium is not installed (sudo apt-get install chromium); browser tests will fail" >&2
   fi
 fi
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/lint-imports
 exec .venv/bin/python -m pytest "$@"

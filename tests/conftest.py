@@ -10,13 +10,16 @@ import pytest
 # Torch with 2 threads runs 5-10x slower than with 1 when other processes load the 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import tasks  # noqa: E402,F401  (switches telemetry off before the libraries load)
-import logging  # noqa: E402
+import logging
+
+import tasks  # noqa: F401  (switches telemetry off before the libraries load)
 
 # Prefect re-creates its console log handler when a flow starts; one created inside a test keeps
 # that test's captured stream after it is closed, and logging would then dump an error (with the
 # exception being handled at the time) for every later record. In tests that is noise only.
 logging.raiseExceptions = False
+
+pytest_plugins = ["tests.fixtures.chat", "tests.fixtures.ollama", "tests.fixtures.processes"]
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -43,7 +46,7 @@ def isolated_data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from tests.tiny_model import build_tiny_model
+    from tests.support.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-qwen2")
 
@@ -80,13 +83,24 @@ def local_stack(tmp_path_factory):
 
     root = Path(__file__).resolve().parents[1]
     data = tmp_path_factory.mktemp("stack")
-    env = {**os.environ, "FTLLM_DATA_DIR": str(data), "FTLLM_PREFECT_PORT": str(free_port()),
-           "FTLLM_MLFLOW_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "FTLLM_DATA_DIR": str(data),
+        "FTLLM_PREFECT_PORT": str(free_port()),
+        "FTLLM_MLFLOW_PORT": str(free_port()),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
 
     def stack(command: str, timeout: float) -> str:
-        done = subprocess.run(["bash", "deployments/stack.sh", command], cwd=root, env=env, capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(
+            ["bash", "deployments/stack.sh", command],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"stack.sh {command} failed:\n{done.stdout}\n{done.stderr}")
         return done.stdout

@@ -1,0 +1,94 @@
+"""The end both training flows share: save the adapter, publish it, reload it from there, verify it.
+
+    save adapter + model card → push_to_hub → reload_and_verify
+
+One copy of these steps serves `lora-finetune` and `dpo-finetune`, so an adapter is published and
+verified the same way whichever flow trained it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.core import models, tracking
+from tasks.core.steps import step
+from tasks.publishing import publish
+from tasks.training.options import PublishOptions
+
+
+@step(io_retries=3, retry_delay_seconds=10)
+def push_to_hub(
+    adapter_dir: Path, options: PublishOptions, card: str, token: str | None, run_id: str
+) -> publish.Published:
+    return publish.publish_adapter(
+        adapter_dir, options.uri, card, private=options.private, token=token, mlflow_run_id=run_id
+    )
+
+
+@step(io_retries=2)
+def reload_and_verify(
+    published_uri: str,
+    model,
+    tokenizer,
+    base_path: str,
+    probe_prompts: list[str],
+    options: PublishOptions,
+    token: str | None,
+) -> publish.Verification:
+    with publish.fetched_adapter(published_uri, token=token) as fetched:
+        return publish.verify_adapter(
+            model, tokenizer, base_path, fetched, probe_prompts, tolerance=options.logits_tolerance
+        )
+
+
+def publish_and_verify(
+    flow: str,
+    cfg: Any,
+    run_id: str,
+    model,
+    tokenizer,
+    base_path: str,
+    card_metrics: dict[str, float],
+    token: str | None,
+    story: dict,
+) -> None:
+    """Publish the trained adapter and verify the published copy; tags and story record both.
+
+    Raises VerificationError when the reloaded adapter differs from the trained one.
+    """
+    hub_base = models.hub_id_of(cfg.model.name, cfg.model.hub_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapter_dir = publish.save_adapter(
+            model,
+            tokenizer,
+            Path(tmp) / "adapter",
+            base_model=cfg.model.name,
+            base_model_hub_id=hub_base,
+            flow=flow,
+            run_id=run_id,
+        )
+        card = publish.model_card(
+            base_model_hub_id=hub_base,
+            dataset=cfg.data.train,
+            config=tracking.params_of(cfg),
+            metrics=card_metrics,
+            mlflow_run_id=run_id,
+            flow=flow,
+        )
+        published = push_to_hub(adapter_dir, cfg.publish, card, token, run_id)
+        story["published"] = {"uri": published.uri, "location": published.location}
+        tracking.set_tags({"publish.uri": published.uri})
+        if not cfg.publish.uri.startswith("mlflow://"):  # the registry publish logs it already
+            tracking.log_artifacts(adapter_dir, "adapter")
+    if not cfg.publish.verify:
+        return
+    verification = reload_and_verify(
+        published.uri, model, tokenizer, base_path, cfg.eval.sample_prompts, cfg.publish, token
+    )
+    story["verify"] = verification.__dict__
+    tracking.set_tags({"verify.status": "passed" if verification.passed else "failed"})
+    tracking.log_metrics({"verify_max_abs_logit_diff": verification.max_abs_logit_diff})
+    if not verification.passed:
+        raise publish.VerificationError(verification.reason)

@@ -1,0 +1,50 @@
+"""How a run tells its story in the Prefect UI, and which failures are worth a retry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tasks.core.config import ConfigError
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table; cell text is flattened to one line."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def failure_markdown(story: dict[str, Any]) -> str:
+    """What the run got done before it failed, and why it failed."""
+    done = {k: v for k, v in story.items() if k not in ("error", "flow")}
+    return (
+        f"# {story['flow']}: FAILED\n\n**Reason:** {story.get('error', 'unknown')}\n\n"
+        f"## What the run got done\n\n```json\n{json.dumps(done, indent=2, default=str)[:20000]}\n```"
+    )
+
+
+def publish_summary(flow: str, markdown: str) -> None:
+    """The run's summary artifact in the Prefect UI (a no-op outside a Prefect run)."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is None:
+        return
+    create_markdown_artifact(key=f"{flow}-summary", markdown=markdown, description=f"{flow} run summary")
+
+
+def retry_on_io(task, task_run, state) -> bool:
+    """Retry network and disk hiccups; never retry a config or data error (it would fail the same way)."""
+    try:
+        state.result(raise_on_failure=True)
+    except (ConfigError, ValueError, TypeError, KeyError):
+        return False
+    except Exception:
+        return True
+    return False

@@ -1,0 +1,171 @@
+"""The options the training flows share (`lora-finetune`, `dpo-finetune`), documented once.
+
+Shared keys that scripts and dashboards rely on: `model.name`, `data.train`, `data.eval`,
+`train.max_steps`, `lora.r`, `publish.uri`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tasks.core.config import option, require
+from tasks.core.defaults import SMOLLM2_PYPI
+
+
+@dataclass
+class ModelOptions:
+    name: str = option(
+        SMOLLM2_PYPI,
+        help="base model: a Hub id, a local folder, or pypi:PACKAGE/FILE.gguf "
+        "(weights shipped inside a PyPI package, converted once into the cache)",
+    )
+    hub_id: str | None = option(
+        None,
+        help="the base model's Hub id, written into model cards "
+        "(found automatically for Hub names and known PyPI models)",
+    )
+    revision: str | None = option(None, help="Hub revision (branch, tag or commit) of the base model")
+    trust_remote_code: bool = option(
+        False, help="run model code shipped with the weights (off: safetensors + transformers' own classes only)"
+    )
+    max_length: int = option(512, help="tokens per training row; longer rows are truncated and counted")
+
+    def __post_init__(self) -> None:
+        require(bool(self.name.strip()), "model.name", "must not be empty")
+        require(self.max_length >= 16, "model.max_length", f"must be at least 16, got {self.max_length}")
+
+
+@dataclass
+class DataOptions:
+    train: str = option(
+        "pypi:chatterbot-corpus/english",
+        help="training data: a Hub dataset id, a local "
+        "json/jsonl/parquet/csv file, or pypi:chatterbot-corpus/LANGUAGE (the offline demo)",
+    )
+    eval: str | None = option(None, help="held-out data, same forms as data.train; default: split off data.train")
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt"] = option(
+        "auto", help="row format; auto detects it from the columns"
+    )
+    split: str = option("train", help="split to read from a Hub dataset")
+    eval_fraction: float = option(0.1, help="share of data.train held out when data.eval is not given")
+    max_train_rows: int | None = option(None, help="use at most this many training rows (after the eval split)")
+    max_eval_rows: int | None = option(200, help="evaluate on at most this many held-out rows")
+    on_bad_rows: Literal["fail", "drop"] = option(
+        "fail", help="malformed rows: stop before training with their list (fail), or report and drop them"
+    )
+    system_prompt: str | None = option(
+        None, help="system message put before every example; None keeps the chat template's own default"
+    )
+    seed: int = option(42, help="seed of the eval split and the shuffling")
+
+    def __post_init__(self) -> None:
+        require(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
+        for key in ("max_train_rows", "max_eval_rows"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"data.{key}", f"must be positive, got {value}")
+
+
+@dataclass
+class LoraOptions:
+    r: int = option(16, help="LoRA rank")
+    alpha: int = option(32, help="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = option(0.05, help="dropout on the LoRA input")
+    target_modules: list[str] = option(["all-linear"], help="modules to adapt: names, or all-linear")
+
+    def __post_init__(self) -> None:
+        require(self.r > 0, "lora.r", f"must be a positive integer, got {self.r}")
+        require(self.alpha > 0, "lora.alpha", f"must be positive, got {self.alpha}")
+        require(0.0 <= self.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {self.dropout}")
+        require(bool(self.target_modules), "lora.target_modules", "must name at least one module")
+
+
+@dataclass
+class TrainOptions:
+    max_steps: int = option(100, help="optimizer steps")
+    learning_rate: float = option(2e-4, help="peak learning rate")
+    lr_scheduler: str = option("cosine", help="transformers scheduler name (cosine, linear, constant, ...)")
+    warmup_ratio: float = option(0.05, help="share of steps spent warming up")
+    batch_size: int = option(8, help="rows per device batch (packed: sequences per batch)")
+    grad_accum: int = option(1, help="gradient accumulation steps")
+    weight_decay: float = option(0.0, help="AdamW weight decay")
+    max_grad_norm: float = option(1.0, help="gradient clipping norm")
+    packing: bool = option(True, help="pack rows into full sequences, attention reset per row (the fast path)")
+    gradient_checkpointing: Literal["auto", "on", "off"] = option(
+        "auto", help="auto: off on the CPU (it only costs time), on for GPUs when memory needs it"
+    )
+    memory_budget_gb: float | None = option(
+        None,
+        help="GPU memory a step may use (GiB); gradient_checkpointing=auto turns checkpointing on only "
+        "when a measured step would not fit (default: 90% of the GPU)",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto", help="auto: fp32 on the CPU, bf16 on GPUs that support it"
+    )
+    device: Literal["auto", "cpu", "cuda"] = option("auto", help="where to train")
+    liger: Literal["auto", "on", "off"] = option("auto", help="Liger fused kernels: auto = on CUDA when installed")
+    torch_compile: bool = option(False, help="compile the model with torch.compile")
+    num_threads: int | None = option(None, help="CPU threads for torch (default: torch's choice)")
+    logging_steps: int = option(5, help="log the training loss every N steps")
+    save_steps: int = option(25, help="write a checkpoint every N steps")
+    save_total_limit: int = option(2, help="checkpoints kept on disk")
+    resume: bool = option(True, help="resume from the last checkpoint of the same config, if any")
+    output_dir: str | None = option(None, help="checkpoint folder; default: one per config under FTLLM_DATA_DIR")
+    seed: int = option(42, help="training seed")
+
+    def __post_init__(self) -> None:
+        require(self.max_steps > 0, "train.max_steps", f"must be a positive integer, got {self.max_steps}")
+        require(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
+        require(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        require(self.batch_size > 0, "train.batch_size", f"must be positive, got {self.batch_size}")
+        require(self.grad_accum > 0, "train.grad_accum", f"must be positive, got {self.grad_accum}")
+        require(self.logging_steps > 0, "train.logging_steps", f"must be positive, got {self.logging_steps}")
+        require(self.save_steps > 0, "train.save_steps", f"must be positive, got {self.save_steps}")
+        require(
+            self.memory_budget_gb is None or self.memory_budget_gb > 0,
+            "train.memory_budget_gb",
+            f"must be positive, got {self.memory_budget_gb}",
+        )
+        require(
+            self.num_threads is None or self.num_threads > 0,
+            "train.num_threads",
+            f"must be positive, got {self.num_threads}",
+        )
+
+
+@dataclass
+class EvalOptions:
+    sample_prompts: list[str] = option(
+        ["What is your favorite book?", "Do you like music?", "Tell me about computers."],
+        help="fixed prompts generated from by the base and the adapter, side by side",
+    )
+    max_new_tokens: int = option(48, help="tokens generated per sample prompt")
+    batch_size: int = option(8, help="rows per evaluation batch")
+
+
+@dataclass
+class PublishOptions:
+    uri: str = option(
+        "mlflow://smollm2-chatterbot-lora",
+        help="where the adapter goes: hf://ORG/NAME (the Hub), "
+        "mlflow://NAME (the MLflow Model Registry, a new version each run) or file:///PATH",
+    )
+    private: bool = option(True, help="create Hub repos private")
+    token_secret: str | None = option(None, help="Prefect Secret block holding the Hub token (else HF_TOKEN)")
+    verify: bool = option(True, help="reload the published adapter and verify tensors and logits")
+    logits_tolerance: float = option(1e-4, help="max abs logit difference accepted by verification (fp32)")
+
+    def __post_init__(self) -> None:
+        require(self.logits_tolerance > 0, "publish.logits_tolerance", "must be positive")
+
+
+@dataclass
+class LoraFinetuneConfig:
+    """`lora-finetune`: dataset → base model → freeze + LoRA → train → evaluate → publish → verify."""
+
+    model: ModelOptions = field(default_factory=ModelOptions)
+    data: DataOptions = field(default_factory=DataOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    publish: PublishOptions = field(default_factory=PublishOptions)

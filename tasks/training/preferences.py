@@ -1,0 +1,340 @@
+"""Preference data: every format people have, brought to one shape, validated, split for evaluation.
+
+The one internal shape is TRL's conversational preference row, so the model's own chat template
+renders it:
+    {"prompt":   [{"role": "user", "content": ...}, ...],     # every turn before the replies
+     "chosen":   [{"role": "assistant", "content": ...}],     # the preferred reply
+     "rejected": [{"role": "assistant", "content": ...}]}     # the dispreferred reply
+
+Formats, detected per row:
+- explicit `prompt` / `chosen` / `rejected`, each a string or a list of chat messages (a `chosen`
+  list that repeats the prompt, as in UltraFeedback-binarized, has the prompt stripped);
+- UltraFeedback-style `chosen` / `rejected` message lists that include the prompt: the messages they
+  share are the prompt;
+- Anthropic HH-RLHF `chosen` / `rejected` transcripts ("\\n\\nHuman: ... \\n\\nAssistant: ..."): the
+  prompt is the shared text up to the last shared "\\n\\nAssistant:" (a naive split breaks: some
+  replies themselves contain "\\n\\nHuman:"), split into user/assistant turns.
+
+Sources are those of `tasks.training.data.read_records` (local json/jsonl/parquet/csv, a Hub id). The offline
+demo, `pypi:chatterbot-corpus/LANGUAGE`, builds pairs from the dialogue corpus shipped on PyPI:
+the corpus reply to a question is preferred over a reply taken from a conversation on another topic.
+
+Rows whose chosen equals rejected, that have an empty side, or whose transcripts share no prompt
+are reported with file and row number (`data.on_bad_rows`: fail before training, or drop).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from tasks.training.data import BadRow, DataError, Message, fingerprint, parse_messages, read_records
+
+HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+PreferenceRow = dict[str, list[Message]]
+
+
+@dataclass
+class PreferenceData:
+    train: list[PreferenceRow]
+    eval: list[PreferenceRow]
+    formats: dict[str, int]  # rows read per detected format
+    bad_rows: list[BadRow] = field(default_factory=list)  # malformed: listed, and dropped or fatal
+    too_long: list[BadRow] = field(default_factory=list)  # last user turn alone over max_prompt_tokens: dropped
+    trimmed_prompts: int = 0  # prompts whose oldest turns were cut to fit max_prompt_tokens
+    fingerprint: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "train_pairs": len(self.train),
+            "eval_pairs": len(self.eval),
+            "formats": dict(self.formats),
+            "bad_rows": len(self.bad_rows),
+            "too_long": len(self.too_long),
+            "trimmed_prompts": self.trimmed_prompts,
+            "fingerprint": self.fingerprint,
+        }
+
+
+# --- one row of any format -> the internal shape ----------------------------------------------
+
+
+def _required(record: dict[str, Any], key: str) -> Any:
+    value = record.get(key)
+    if value is None or value == [] or (isinstance(value, str) and not value.strip()):
+        raise ValueError(f"field '{key}' is missing or empty")
+    if not isinstance(value, (str, list)):
+        raise ValueError(f"field '{key}' must be a string or a list of messages, got {type(value).__name__}")
+    return value
+
+
+def parse_hh_turns(text: str) -> list[Message]:
+    """'\\n\\nHuman: a\\n\\nAssistant: b' -> [user a, assistant b]."""
+    messages: list[Message] = []
+    rest = text
+    if not rest.lstrip("\n").startswith(HUMAN.strip()):
+        raise ValueError("transcript does not start with 'Human:'")
+    rest = "\n\n" + rest.lstrip("\n")
+    while rest:
+        role = "user" if rest.startswith(HUMAN) else "assistant"
+        rest = rest[len(HUMAN if role == "user" else ASSISTANT) :]
+        ends = [i for i in (rest.find(HUMAN), rest.find(ASSISTANT)) if i >= 0]
+        end = min(ends) if ends else len(rest)
+        messages.append({"role": role, "content": rest[:end].strip()})
+        rest = rest[end:]
+    return messages
+
+
+def split_hh_transcripts(chosen: str, rejected: str) -> tuple[list[Message], str, str]:
+    """Two HH transcripts sharing all but the last Assistant turn -> (prompt turns, chosen, rejected)."""
+    shared = 0
+    for a, b in zip(chosen, rejected):
+        if a != b:
+            break
+        shared += 1
+    if chosen == rejected:
+        raise ValueError("chosen equals rejected")
+    cut = chosen.rfind(ASSISTANT, 0, shared)  # the final reply starts after the last shared marker
+    if cut < 0 or not chosen[:cut].strip():
+        raise ValueError("chosen and rejected share no prompt: no common '\\n\\nHuman: ... \\n\\nAssistant:' prefix")
+    prompt = parse_hh_turns(chosen[:cut])
+    if prompt[-1]["role"] != "user":
+        raise ValueError("the shared prompt does not end with a Human turn")
+    return prompt, chosen[cut + len(ASSISTANT) :].strip(), rejected[cut + len(ASSISTANT) :].strip()
+
+
+def _as_reply(value: str | list, key: str, prompt: list[Message]) -> list[Message]:
+    if isinstance(value, str):
+        return [{"role": "assistant", "content": value}]
+    messages = parse_messages(value, key)
+    if len(messages) > len(prompt) and messages[: len(prompt)] == prompt:
+        messages = messages[len(prompt) :]  # UltraFeedback-binarized repeats the prompt in chosen/rejected
+    return messages
+
+
+def normalize_pair(record: Any) -> tuple[PreferenceRow, str]:
+    """(row in the internal shape, detected format); ValueError says what is wrong with the record."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a mapping with chosen/rejected, got {type(record).__name__}")
+    chosen, rejected = _required(record, "chosen"), _required(record, "rejected")
+    if record.get("prompt") is not None:
+        prompt_value = _required(record, "prompt")
+        prompt = (
+            [{"role": "user", "content": prompt_value}]
+            if isinstance(prompt_value, str)
+            else parse_messages(prompt_value, "prompt")
+        )
+        row = {
+            "prompt": prompt,
+            "chosen": _as_reply(chosen, "chosen", prompt),
+            "rejected": _as_reply(rejected, "rejected", prompt),
+        }
+        fmt = "prompt_chosen_rejected"
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        chosen_messages, rejected_messages = parse_messages(chosen, "chosen"), parse_messages(rejected, "rejected")
+        if chosen_messages == rejected_messages:
+            raise ValueError("chosen equals rejected")
+        shared = 0
+        while (
+            shared < min(len(chosen_messages), len(rejected_messages))
+            and chosen_messages[shared] == rejected_messages[shared]
+        ):
+            shared += 1
+        if shared == 0:
+            raise ValueError("chosen and rejected share no prompt: their first messages differ")
+        row = {
+            "prompt": chosen_messages[:shared],
+            "chosen": chosen_messages[shared:],
+            "rejected": rejected_messages[shared:],
+        }
+        fmt = "chosen_rejected_messages"
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        prompt, chosen_reply, rejected_reply = split_hh_transcripts(chosen, rejected)
+        row = {
+            "prompt": prompt,
+            "chosen": [{"role": "assistant", "content": chosen_reply}],
+            "rejected": [{"role": "assistant", "content": rejected_reply}],
+        }
+        fmt = "hh_rlhf"
+    else:
+        raise ValueError(
+            "chosen and rejected must both be transcripts (strings) or both message lists, "
+            "or come with a 'prompt' field"
+        )
+    for key in ("chosen", "rejected"):
+        if not row[key] or not any(m["content"].strip() for m in row[key]):
+            raise ValueError(f"the {key} reply is empty")
+    if row["chosen"] == row["rejected"]:
+        raise ValueError("chosen equals rejected")
+    return row, fmt
+
+
+# --- the offline demo: pairs built from the chatterbot corpus on PyPI -------------------------
+
+
+def chatterbot_pairs(source: str, seed: int) -> list[tuple[str, int, Any, str | None]]:
+    """(file, row, record, error): the corpus reply preferred over an off-topic reply from another file.
+
+    The preference "answer the question that was asked" is one a user wants from any chat model,
+    and one the base model does not satisfy by itself: the reference likelihoods prefer the
+    corpus reply in only part of the pairs, so what DPO adds is measurable on held-out questions.
+    """
+    conversations = [
+        (origin, number, record) for origin, number, record, error in read_records(source) if error is None
+    ]
+    rng = random.Random(seed)
+    records = []
+    for origin, number, record in conversations:
+        messages = record["messages"]
+        while True:  # a reply from a conversation in another file: another topic
+            other_origin, _, other = conversations[rng.randrange(len(conversations))]
+            if other_origin != origin and other["messages"][-1]["content"] != messages[-1]["content"]:
+                break
+        records.append(
+            (
+                origin,
+                number,
+                {"prompt": messages[:-1], "chosen": messages[-1:], "rejected": other["messages"][-1:]},
+                None,
+            )
+        )
+    return records
+
+
+# --- reading a whole source, fitting prompts, splitting ---------------------------------------
+
+
+@dataclass
+class _Pair:
+    row: PreferenceRow
+    origin: str
+    number: int
+
+
+def read_pairs(
+    source: str, split: str = "train", system_prompt: str | None = None, seed: int = 42
+) -> tuple[list[_Pair], list[BadRow], Counter]:
+    records = (
+        chatterbot_pairs(source, seed) if source.startswith("pypi:chatterbot-corpus") else read_records(source, split)
+    )
+    pairs, bad, formats = [], [], Counter()
+    for origin, number, record, error in records:
+        if error is None:
+            try:
+                row, fmt = normalize_pair(record)
+            except ValueError as problem:
+                error = str(problem)
+        if error is not None:
+            bad.append(BadRow(origin, number, error))
+            continue
+        formats[fmt] += 1
+        if system_prompt and row["prompt"][0]["role"] != "system":
+            row["prompt"].insert(0, {"role": "system", "content": system_prompt})
+        pairs.append(_Pair(row, origin, number))
+    if not pairs and not bad:
+        raise DataError(f"{source}: no rows")
+    return pairs, bad, formats
+
+
+def prompt_tokens(tokenizer, prompt: list[Message]) -> int:
+    # transformers 5 returns a dict from apply_chat_template unless return_dict=False.
+    return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
+
+
+def fit_prompt(prompt: list[Message], tokenizer, max_tokens: int) -> list[Message] | None:
+    """Drop the oldest turns until the rendered prompt fits; None when even its last user turn is too long.
+
+    TRL 1.16 has no max_prompt_length: a prompt that fills max_length leaves no reply tokens and TRL
+    drops the pair silently. Cutting whole turns, oldest first, keeps the context the reply answers.
+    """
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    turns = prompt[len(system) :]
+    while True:
+        if prompt_tokens(tokenizer, system + turns) <= max_tokens:
+            return system + turns
+        later_users = [i for i, m in enumerate(turns) if m["role"] == "user" and i > 0]
+        if not later_users:
+            return None
+        turns = turns[later_users[0] :]  # start at the next user turn: prompts begin with the user
+
+
+def _split_by_prompt(pairs: list[_Pair], eval_fraction: float, seed: int) -> tuple[list[_Pair], list[_Pair]]:
+    """Hold out whole prompts, so no held-out question was seen in training with another reply."""
+    groups: dict[str, list[_Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(json.dumps(pair.row["prompt"], sort_keys=True), []).append(pair)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    want = max(1, round(len(pairs) * eval_fraction))
+    held_out: list[_Pair] = []
+    train: list[_Pair] = []
+    for key in keys:
+        (held_out if len(held_out) < want else train).extend(groups[key])
+    random.Random(seed + 1).shuffle(train)
+    return train, held_out
+
+
+def load_preferences(
+    train: str,
+    eval: str | None = None,
+    split: str = "train",
+    eval_fraction: float = 0.1,
+    max_train_rows: int | None = None,
+    max_eval_rows: int | None = None,
+    on_bad_rows: str = "fail",
+    system_prompt: str | None = None,
+    seed: int = 42,
+    tokenizer=None,
+    max_prompt_tokens: int | None = None,
+) -> PreferenceData:
+    """Train and held-out pairs in the internal shape, prompts fitted to `max_prompt_tokens`."""
+    train_pairs, bad, formats = read_pairs(train, split, system_prompt, seed)
+    if eval:
+        eval_pairs, eval_bad, eval_formats = read_pairs(eval, split, system_prompt, seed)
+        bad += eval_bad
+        formats += eval_formats
+    else:
+        train_pairs, eval_pairs = _split_by_prompt(train_pairs, eval_fraction, seed)
+    if bad and on_bad_rows == "fail":
+        listing = "\n".join(f"  {b}" for b in bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
+        raise DataError(f"{len(bad)} malformed preference row(s); fix them or set data.on_bad_rows=drop:\n{listing}")
+    train_pairs = train_pairs[:max_train_rows] if max_train_rows else train_pairs
+    eval_pairs = eval_pairs[:max_eval_rows] if max_eval_rows else eval_pairs
+    too_long: list[BadRow] = []
+    trimmed = 0
+    if tokenizer is not None and max_prompt_tokens:
+        fitted_sets = []
+        for pairs in (train_pairs, eval_pairs):
+            fitted = []
+            for pair in pairs:
+                prompt = fit_prompt(pair.row["prompt"], tokenizer, max_prompt_tokens)
+                if prompt is None:
+                    too_long.append(
+                        BadRow(
+                            pair.origin,
+                            pair.number,
+                            f"the last user turn alone is longer than dpo.max_prompt_tokens={max_prompt_tokens}",
+                        )
+                    )
+                    continue
+                trimmed += prompt != pair.row["prompt"]
+                fitted.append(_Pair({**pair.row, "prompt": prompt}, pair.origin, pair.number))
+            fitted_sets.append(fitted)
+        train_pairs, eval_pairs = fitted_sets
+    if not train_pairs or not eval_pairs:
+        raise DataError(
+            f"{train}: {len(train_pairs)} training and {len(eval_pairs)} held-out pairs left; need at least one of each"
+        )
+    train_rows, eval_rows = [p.row for p in train_pairs], [p.row for p in eval_pairs]
+    return PreferenceData(
+        train=train_rows,
+        eval=eval_rows,
+        formats=dict(formats),
+        bad_rows=bad,
+        too_long=too_long,
+        trimmed_prompts=trimmed,
+        fingerprint=fingerprint(train_rows + eval_rows),
+    )

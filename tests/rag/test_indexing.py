@@ -1,0 +1,221 @@
+"""Chunking, keyword terms, and the pdf-index flow end to end: real PDFs, Milvus Lite, Prefect, MLflow."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tasks.core.config import load_config
+from tasks.rag import indexing, pdfs
+from tasks.rag.indexing import ChunkOptions, PdfIndexConfig
+from tests.support.rag import BAD_PDFS, GOOD_PDFS, by_name, count_vectors, pdf_folder, store_overrides
+
+CONFIG = "configs/pdf_index.yaml"
+
+
+# --- chunking and keyword terms (plain functions) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multicolumn(shared_data):
+    path = shared_data / "pdfs" / "multicolumn.pdf"
+    return pdfs.extract_pdf(path.read_bytes(), str(path))
+
+
+@pytest.mark.parametrize("splitter", ["recursive", "character"])
+def test_chunks_keep_source_page_and_size(multicolumn, splitter):
+    options = ChunkOptions(splitter=splitter, size=400, overlap=50, separator="\n")
+    chunks = indexing.chunk_document(multicolumn, options)
+    assert len(chunks) > 10
+    assert {c.metadata["page"] for c in chunks} == {1, 2, 3}
+    assert all(c.metadata["source"] == multicolumn.source for c in chunks)
+    assert all(len(c.page_content) <= 400 for c in chunks)
+    assert len({c.metadata["chunk_id"] for c in chunks}) == len(chunks)
+    assert any("Helsinki" in c.page_content and c.metadata["page"] == 3 for c in chunks)
+
+
+def test_character_splitter_with_langchains_default_separator_keeps_whole_pages(multicolumn):
+    # The original design's behaviour: "\n\n" never occurs in pypdf's page text, so pages stay whole.
+    chunks = indexing.chunk_document(
+        multicolumn, ChunkOptions(splitter="character", size=1000, overlap=200, separator="\n\n")
+    )
+    assert len(chunks) == 3 and all(len(c.page_content) > 1000 for c in chunks[:2])
+
+
+def test_chunk_options_are_checked():
+    from tasks.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="chunk.overlap: must be in"):
+        load_config(PdfIndexConfig, CONFIG, ["chunk.size=100", "chunk.overlap=100"])
+    with pytest.raises(ConfigError, match="unknown key 'chunk.sise'"):
+        load_config(PdfIndexConfig, CONFIG, ["chunk.sise=100"])
+
+
+def test_keyword_terms_drop_stopwords_and_match_inflections():
+    assert indexing.keyword_terms("Was ist der Sierpińskiraum?") == ['"sierpińskira"*']
+    assert indexing.keyword_terms('What are the "properties" of it in 2024?') == ['"properti"*', '"2024"']
+    assert indexing.keyword_terms("the of and") == []
+
+
+def test_fingerprint_changes_with_file_chunking_and_model():
+    chunk, embed = ChunkOptions(), indexing.EmbeddingOptions()
+    base = indexing.fingerprint("aa", chunk, embed)
+    assert base == indexing.fingerprint("aa", ChunkOptions(), indexing.EmbeddingOptions())
+    assert base != indexing.fingerprint("ab", chunk, embed)
+    assert base != indexing.fingerprint("aa", ChunkOptions(size=700), embed)
+    assert base != indexing.fingerprint("aa", chunk, indexing.EmbeddingOptions(model="/other/model"))
+
+
+# --- the pdf-index flow -----------------------------------------------------------------------
+
+
+def run_index(folder, overrides, sources=None):
+    from flows.pdf_index import pdf_index
+
+    return by_name(pdf_index(config=CONFIG, overrides=overrides, sources=[str(s) for s in (sources or [folder])]))
+
+
+def test_index_lifecycle_bad_inputs_unchanged_replaced_deleted(prefect_harness, shared_data, tmp_path):
+    docs = pdf_folder(shared_data, tmp_path / "docs")
+    overrides = store_overrides(tmp_path)
+    uri = str(tmp_path / "index.db")
+
+    first = run_index(docs, overrides)
+    for name, reason in BAD_PDFS.items():
+        assert first[name]["status"] == "failed" and reason in first[name]["reason"]
+    assert all(first[name]["status"] == "indexed" for name in GOOD_PDFS)
+    chunks = sum(first[name]["chunks"] for name in GOOD_PDFS)
+    assert count_vectors(uri) == chunks
+    first_seconds = sum(first[name]["seconds"] for name in GOOD_PDFS)
+
+    second = run_index(docs, overrides)  # the same sources again: nothing is re-embedded
+    assert all(second[name]["status"] == "unchanged" for name in GOOD_PDFS)
+    assert [second[name]["chunks"] for name in GOOD_PDFS] == [first[name]["chunks"] for name in GOOD_PDFS]
+    assert count_vectors(uri) == chunks
+    assert sum(second[name]["seconds"] for name in GOOD_PDFS) < first_seconds / 5
+
+    shutil.copy(shared_data / "pdfs" / "pdflatex-outline.pdf", docs / "multicolumn.pdf")  # same name, new content
+    (docs / "crazyones-pdfa.pdf").unlink()
+    third = run_index(docs, overrides)
+    assert third["multicolumn.pdf"]["status"] == "replaced"
+    assert third["crazyones-pdfa.pdf"]["status"] == "deleted"
+    assert third["crazyones-pdfa.pdf"]["chunks"] == first["crazyones-pdfa.pdf"]["chunks"]
+    assert third["habibi.pdf"]["status"] == "unchanged"
+    live = [n for n in GOOD_PDFS if n != "crazyones-pdfa.pdf"]
+    assert count_vectors(uri) == sum(third[n]["chunks"] for n in live)
+
+    # The report reached MLflow (experiment pdf-index) and Prefect (a table artifact).
+    import mlflow
+
+    from tasks.core import tracking
+
+    tracking.configure()
+    runs = mlflow.search_runs(experiment_names=["pdf-index"], filter_string=f"params.`store.uri` = '{uri}'")
+    assert len(runs) == 3
+    assert sorted(runs["metrics.documents_failed"]) == [2, 2, 2]
+    assert sorted(runs["metrics.documents_deleted"]) == [0, 0, 1]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["pdf-index-report"]))
+        )
+    rows = [row for a in artifacts for row in (json.loads(a.data) if isinstance(a.data, str) else a.data)]
+    assert any(r["status"] == "deleted" and r["source"].endswith("crazyones-pdfa.pdf") for r in rows)
+
+
+def test_an_interrupted_run_is_finished_without_duplicates(prefect_harness, shared_data, tmp_path):
+    from langchain_classic.indexes import index
+
+    from tasks.rag import vectorstores
+
+    docs = pdf_folder(shared_data, tmp_path / "docs", ["pdflatex-4-pages.pdf"])
+    overrides = store_overrides(tmp_path)
+    config = load_config(PdfIndexConfig, CONFIG, overrides)
+    source = str((docs / "pdflatex-4-pages.pdf").resolve())
+    doc = pdfs.extract_pdf((docs / "pdflatex-4-pages.pdf").read_bytes(), source)
+    chunks = indexing.chunk_document(doc, config.chunk)
+    # A crash after the first half of the chunks reached the store and the record manager:
+    store = vectorstores.make_vector_store(config.store, indexing.make_embeddings(config.embeddings))
+    records = vectorstores.records_path(config.store)
+    catalog = indexing.Catalog(records, config.store.collection)
+    catalog.begin(source)
+    index(
+        chunks[: len(chunks) // 2],
+        indexing.make_record_manager(records, config.store.collection),
+        store,
+        cleanup=None,
+        source_id_key="source",
+        key_encoder=indexing.KEY_ENCODER,
+    )
+    vectorstores.persist(store)
+    assert count_vectors(str(tmp_path / "index.db")) == len(chunks) // 2
+
+    report = run_index(docs, overrides)["pdflatex-4-pages.pdf"]
+    assert report["status"] == "indexed" and report["reason"] == "finished an interrupted earlier run"
+    assert report["chunks"] == len(chunks)
+    assert count_vectors(str(tmp_path / "index.db")) == len(chunks)
+    assert run_index(docs, overrides)["pdflatex-4-pages.pdf"]["status"] == "unchanged"
+
+
+def test_password_from_the_environment_opens_the_pdf_and_stays_out_of_mlflow(
+    prefect_harness, shared_data, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FTLLM_TEST_PDF_PASSWORD", "openpassword")
+    docs = pdf_folder(shared_data, tmp_path / "docs", ["libreoffice-writer-password.pdf", "habibi.pdf"])
+    overrides = store_overrides(tmp_path) + ["passwords={libreoffice-writer-password.pdf: env:FTLLM_TEST_PDF_PASSWORD}"]
+    report = run_index(docs, overrides)
+    assert report["libreoffice-writer-password.pdf"]["status"] == "indexed"
+
+    # A literal password works too, but is masked wherever the config is recorded.
+    literal = store_overrides(tmp_path / "other") + ["passwords={libreoffice-writer-password.pdf: openpassword}"]
+    assert run_index(docs, literal)["libreoffice-writer-password.pdf"]["status"] == "indexed"
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["pdf-index"], output_format="list")
+    for run in runs:
+        recorded = json.dumps(run.data.params) + json.dumps(run.data.tags)
+        assert "openpassword" not in recorded
+        config_yaml = mlflow.artifacts.load_text(f"{run.info.artifact_uri}/config.yaml")
+        assert "openpassword" not in config_yaml
+
+
+def test_run_fails_only_when_nothing_could_be_indexed(prefect_harness, shared_data, tmp_path, capsys):
+    from flows.pdf_index import main
+
+    docs = pdf_folder(shared_data, tmp_path / "docs", tuple(BAD_PDFS))
+    code = main(
+        [
+            "--source",
+            str(docs),
+            "--source",
+            str(tmp_path / "missing.pdf"),
+            "--json",
+            "--set",
+            f"store.uri={tmp_path / 'index.db'}",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "no document could be indexed" in err and "missing.pdf: file not found" in err
+    assert "imagemagick-images.pdf: no text layer" in err
+
+
+def test_cli_prints_the_report_as_json(prefect_harness, shared_data, tmp_path, capsys):
+    from flows.pdf_index import main
+
+    docs = pdf_folder(shared_data, tmp_path / "docs", ["habibi.pdf"])
+    assert main(["--source", str(docs), "--json", "--set", f"store.uri={tmp_path / 'index.db'}"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [set(r) for r in report] == [{"source", "status", "reason", "pages", "chunks", "seconds"}]
+    assert report[0]["status"] == "indexed" and report[0]["pages"] == 1
+
+
+def test_no_sources_is_a_clear_error(prefect_harness, tmp_path, capsys):
+    from flows.pdf_index import main
+
+    assert main(["--set", f"store.uri={tmp_path / 'index.db'}"]) == 1
+    assert "no sources: pass --source" in capsys.readouterr().err

@@ -1,0 +1,165 @@
+"""Retrieval, answers with citations (local model and Ollama over HTTP), rag-query and rag-eval flows."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tasks.core.config import load_config
+from tasks.rag import query as rag
+from tasks.rag.query import RagConfig, RagError
+from tests.doubles.ollama_server import OllamaServer
+from tests.support.rag import pdf_folder
+
+RAG_CONFIG = "configs/rag.yaml"
+
+
+@pytest.fixture(scope="module")
+def indexed(prefect_harness, shared_data, tmp_path_factory):
+    """The small real PDFs indexed once (default embeddings, Milvus Lite) for this module."""
+    from flows.pdf_index import pdf_index
+
+    folder = tmp_path_factory.mktemp("rag-index")
+    docs = pdf_folder(
+        shared_data, folder / "docs", ["multicolumn.pdf", "google-doc-document.pdf", "crazyones-pdfa.pdf"]
+    )
+    overrides = [f"store.uri={folder / 'index.db'}"]
+    pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)])
+    return overrides
+
+
+def config_for(indexed, *more: str) -> RagConfig:
+    return load_config(RagConfig, RAG_CONFIG, indexed + list(more))
+
+
+def test_hybrid_retrieval_finds_the_page_with_the_answer(indexed):
+    sources = rag.retrieve("What is the capital of Finland?", config_for(indexed), k=5)
+    assert len(sources) == 5
+    assert all(set(s) == {"source", "page", "chunk_id", "score", "text"} for s in sources)
+    assert sources[0]["source"].endswith("multicolumn.pdf") and sources[0]["page"] == 3
+    assert "Helsinki" in sources[0]["text"]
+    assert [s["score"] for s in sources] == sorted((s["score"] for s in sources), reverse=True)
+
+
+@pytest.mark.parametrize("mode, search", [("vector", "similarity"), ("vector", "mmr"), ("keyword", "similarity")])
+def test_each_retriever_alone(indexed, mode, search):
+    config = config_for(indexed, f"retrieval.mode={mode}", f"retrieval.search={search}")
+    sources = rag.retrieve("Which text says errors should never pass silently?", config, k=3)
+    assert len(sources) == 3 and len({s["chunk_id"] for s in sources}) == 3
+    assert any("Errors should never pass silently" in s["text"] for s in sources)
+
+
+def test_an_empty_index_is_a_clear_error(tmp_path):
+    config = load_config(RagConfig, RAG_CONFIG, [f"store.uri={tmp_path / 'empty.db'}"])
+    with pytest.raises(RagError, match="holds no documents yet: run python -m flows.pdf_index"):
+        rag.retrieve("anything?", config)
+
+
+def test_citations_are_added_when_the_model_gives_none():
+    sources = [{"source": "/d/a.pdf", "page": 3}, {"source": "/d/a.pdf", "page": 3}, {"source": "/d/b.pdf", "page": 1}]
+    assert rag.with_citations("Paris.", sources) == "Paris.\n\nSources: [a.pdf p.3] [b.pdf p.1]"
+    assert rag.with_citations("Paris [a.pdf p.3].", sources) == "Paris [a.pdf p.3]."
+    assert rag.with_citations(rag.NOT_IN_CONTEXT, sources) == rag.NOT_IN_CONTEXT
+
+
+def test_prompt_tells_the_model_to_use_the_context_only():
+    messages = rag.make_prompt().format_messages(context="(1) [a.pdf p.2]\nThe sky is green.", question="Sky?")
+    system = messages[0].text
+    assert "only the context" in system and rag.NOT_IN_CONTEXT in system and "[a.pdf p.2]" in system
+    assert messages[1].text == "Sky?"
+
+
+def test_answer_with_the_local_model(indexed, tiny_model_dir):
+    config = config_for(indexed, f"llm.model={tiny_model_dir}", "llm.max_new_tokens=8")
+    # k=1: the tiny test model's context (1,024 tokens of a byte-level vocabulary) holds one chunk.
+    result = rag.answer_question("What is the capital of Finland?", config, k=1)
+    assert len(result["sources"]) == 1
+    assert "[multicolumn.pdf p.3]" in result["answer"]
+
+
+def test_rag_query_cli_json(indexed, tiny_model_dir, capsys):
+    from flows.rag_query import main
+
+    args = ["What is the capital of Finland?", "--k", "1", "--json"]
+    for item in indexed + [f"llm.model={tiny_model_dir}", "llm.max_new_tokens=8"]:
+        args += ["--set", item]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"answer", "sources"} and len(result["sources"]) == 1
+    assert re.search(r"\[multicolumn\.pdf p\.3\]", result["answer"])
+
+
+def test_rag_query_through_ollama_over_http(indexed, ollama_server):
+    config = config_for(
+        indexed,
+        "llm.provider=ollama",
+        f"llm.model={OllamaServer.CHAT_MODEL}",
+        f"llm.base_url={ollama_server.url}",
+        "llm.max_new_tokens=48",
+    )
+    result = rag.answer_question("What is the capital of Finland?", config, k=3)
+    assert result["answer"].strip()
+    assert "[multicolumn.pdf p.3]" in result["answer"]  # cited by the model or appended from the sources
+
+
+def test_index_and_retrieve_with_ollama_embeddings(prefect_harness, shared_data, tmp_path, ollama_server):
+    from flows.pdf_index import pdf_index
+
+    docs = pdf_folder(shared_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
+    embed = ["embeddings.provider=ollama", "embeddings.model=all-minilm", f"embeddings.base_url={ollama_server.url}"]
+    overrides = [f"store.uri={tmp_path / 'index.db'}"] + embed
+    reports = pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)])
+    assert {r["status"] for r in reports} == {"indexed"}
+    config = load_config(RagConfig, RAG_CONFIG, overrides + ["retrieval.mode=vector"])
+    sources = rag.retrieve("Who are the misfits and rebels?", config, k=1)
+    assert sources[0]["source"].endswith("crazyones-pdfa.pdf")
+
+
+def test_rag_eval_scores_reports_bad_lines_and_logs_to_mlflow(indexed, tmp_path, capsys):
+    from flows.rag_eval import main
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(
+        "\n".join(
+            [
+                json.dumps(
+                    {"id": "q1", "question": "What is the capital of Finland?", "answers": ["Helsinki"], "page": 3}
+                ),
+                json.dumps(
+                    {"id": "q2", "question": "What should errors never do?", "answers": ["never pass silently"]}
+                ),
+                json.dumps({"id": "q3", "question": "Where is the answer?", "answers": ["a string in no document"]}),
+                '{"id": "broken", "question": ',
+                json.dumps({"id": "q5", "question": "No answers"}),
+            ]
+        )
+        + "\n"
+    )
+    args = ["--qa", str(qa), "--k", "5", "--json"] + [x for item in indexed for x in ("--set", item)]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["questions"] == 3 and result["k"] == 5
+    assert result["hit_at_k"] == pytest.approx(2 / 3)
+    ranks = {r["id"]: r["rank"] for r in result["per_question"]}
+    assert ranks["q3"] is None and ranks["q1"] >= 1
+    assert result["mrr"] == pytest.approx((1 / ranks["q1"] + 1 / ranks["q2"]) / 3)
+    assert 0 < result["mean_chunk_chars"] <= 1000
+    assert result["skipped"] == [
+        f"{qa}:4: not valid JSON (Expecting value)",
+        f"{qa}:5: 'answers' must be a non-empty list of non-empty strings",
+    ]
+    import mlflow
+
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["hit_at_k"] == pytest.approx(2 / 3)
+    assert {"mrr", "mean_chunk_chars"} <= set(run.data.metrics)
+    assert mlflow.get_experiment(run.info.experiment_id).name == "rag-eval"
+
+
+def test_rag_eval_needs_a_question_file(indexed, tmp_path, capsys):
+    from flows.rag_eval import main
+
+    assert main(["--qa", str(tmp_path / "none.jsonl")] + [x for i in indexed for x in ("--set", i)]) == 1
+    assert "question file not found" in capsys.readouterr().err
