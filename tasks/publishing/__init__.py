@@ -1,13 +1,34 @@
 """Publishing adapters: to the Hub, the MLflow Model Registry or a folder; fetching them back; verifying.
 
-Other areas use only what is named here.
+One URI says where an adapter goes; `targets/` holds one module per URI scheme and the registry
+that lists them. Other areas use only what is named here; flows prefer these names too.
 """
 
-from tasks.publishing.publish import (
-    fetched_adapter,
-    is_adapter_uri,
-    needs_hub_token,
-    registered_adapter_uris,
-)
+from tasks.publishing.card import model_card
+from tasks.publishing.errors import PublishError, VerificationError
+from tasks.publishing.fetch import fetch_adapter, fetched_adapter
+from tasks.publishing.publish import publish_adapter
+from tasks.publishing.staging import save_adapter
+from tasks.publishing.target import Published
+from tasks.publishing.targets.mlflow_registry import registered_adapter_uris
+from tasks.publishing.uris import ACCEPTED_FORMS, FETCH_FORMS, is_adapter_uri, needs_hub_token, publish_logs_adapter
+from tasks.publishing.verify import Verification, verify_adapter
 
-__all__ = ["fetched_adapter", "is_adapter_uri", "needs_hub_token", "registered_adapter_uris"]
+__all__ = [
+    "ACCEPTED_FORMS",
+    "FETCH_FORMS",
+    "PublishError",
+    "Published",
+    "Verification",
+    "VerificationError",
+    "fetch_adapter",
+    "fetched_adapter",
+    "is_adapter_uri",
+    "model_card",
+    "needs_hub_token",
+    "publish_adapter",
+    "publish_logs_adapter",
+    "registered_adapter_uris",
+    "save_adapter",
+    "verify_adapter",
+]

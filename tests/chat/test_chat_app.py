@@ -326,10 +326,10 @@ def test_a_published_adapter_is_offered_and_answers(tiny_model_dir, tmp_path):
 
     import torch
 
+    from tasks import publishing
     from tasks.chat.app import ChatService
     from tasks.chat.generation import SamplingSettings
     from tasks.core import models, tracking
-    from tasks.publishing import publish
 
     model, tokenizer, _ = models.load_base_model(str(tiny_model_dir), models.resolve_placement("cpu"))
     peft_model = models.freeze_and_apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
@@ -343,7 +343,7 @@ def test_a_published_adapter_is_offered_and_answers(tiny_model_dir, tmp_path):
     tokenizer.save_pretrained(adapter_dir)
     (adapter_dir / "ftllm.json").write_text(json_lib.dumps({"base_model": str(tiny_model_dir)}))
     with tracking.start_run("chat-app-tests"):
-        published = publish.publish_adapter(adapter_dir, "mlflow://chat-test-lora", "# test adapter\n")
+        published = publishing.publish_adapter(adapter_dir, "mlflow://chat-test-lora", "# test adapter\n")
     assert published.uri == "mlflow://chat-test-lora/1"
 
     config = ChatAppConfig(models=[str(tiny_model_dir)], list_registry=True)

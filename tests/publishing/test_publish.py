@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tasks import publishing
 from tasks.core import secrets, tracking
 from tasks.core.config import PROJECT_ROOT
-from tasks.publishing import publish
-from tasks.publishing.publish import PublishError
+from tasks.publishing import PublishError
 from tests.doubles.hub_server import HubServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -66,15 +66,15 @@ def card(tiny_model_dir, tmp_path) -> str:
         "lora": {"r": 4, "alpha": 8},
         "train": {"max_steps": 1, "output_dir": str(tmp_path / "ckpt")},
     }
-    return publish.model_card(
+    return publishing.model_card(
         BASE_HUB_ID, str(tmp_path / "train.jsonl"), config, {"eval_loss": 1.2345}, "0123456789abcdef", "lora-finetune"
     )
 
 
-def _assert_verified(trained, fetched: Path) -> publish.Verification:
+def _assert_verified(trained, fetched: Path) -> publishing.Verification:
     model, tokenizer, base_path, _ = trained
     was_training = model.training
-    result = publish.verify_adapter(model, tokenizer, base_path, fetched, PROBES, tolerance=1e-4)
+    result = publishing.verify_adapter(model, tokenizer, base_path, fetched, PROBES, tolerance=1e-4)
     assert result.passed, result.reason
     assert result.tensors_identical and result.reason == ""
     assert result.n_tensors == len([n for n, p in model.named_parameters() if p.requires_grad])
@@ -97,13 +97,13 @@ _CHILD = """
 import json, logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.DEBUG)  # whatever the libraries log, at every level
-from tasks.publishing import publish
+from tasks import publishing
 from tasks.core import secrets
 adapter_dir, uri, card_file = sys.argv[1:4]
 try:
-    published = publish.publish_adapter(Path(adapter_dir), uri, Path(card_file).read_text(),
+    published = publishing.publish_adapter(Path(adapter_dir), uri, Path(card_file).read_text(),
                                         private=True, token=secrets.hf_token())
-except publish.PublishError as error:
+except publishing.PublishError as error:
     print("PUBLISH_ERROR " + str(error))
     sys.exit(3)
 print("PUBLISHED " + json.dumps({"uri": published.uri, "location": published.location}))
@@ -112,7 +112,7 @@ print("PUBLISHED " + json.dumps({"uri": published.uri, "location": published.loc
 
 def _publish_to_hub(
     hub: HubServer, adapter_dir: Path, uri: str, card: str, tmp_path: Path, token: str | None, xet: bool = False
-) -> tuple[publish.Published | str, str]:
+) -> tuple[publishing.Published | str, str]:
     """Run publish_adapter as a user's run does: a process whose environment points at the Hub.
 
     (Published or the PublishError message, everything the process printed.) huggingface_hub reads
@@ -146,7 +146,7 @@ def _publish_to_hub(
         return done.stdout.split("PUBLISH_ERROR ", 1)[1].strip(), output
     assert done.returncode == 0, done.stderr[-3000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith("PUBLISHED "))
-    return publish.Published(**json.loads(line.removeprefix("PUBLISHED "))), output
+    return publishing.Published(**json.loads(line.removeprefix("PUBLISHED "))), output
 
 
 def test_hub_publish_fetch_verify(trained, hub, card, tmp_path, tiny_model_dir, monkeypatch, caplog, capfd):
@@ -168,7 +168,7 @@ def test_hub_publish_fetch_verify(trained, hub, card, tmp_path, tiny_model_dir, 
     assert not any(r.authorized for r in log if r.path.startswith(("/lfs-upload/", "/lfs-cdn/")))
     assert hub.files(repo)["README.md"].decode() == card
 
-    fetched = publish.fetch_adapter(published.uri, token=hub.read_token)
+    fetched = publishing.fetch_adapter(published.uri, token=hub.read_token)
     config = json.loads((fetched / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == BASE_HUB_ID  # never the local path
     assert json.loads((fetched / "ftllm.json").read_text()) == {"base_model": None, "flow": "lora-finetune"}
@@ -182,7 +182,7 @@ def test_hub_publish_fetch_verify(trained, hub, card, tmp_path, tiny_model_dir, 
         hub, adapter_dir, "hf://test-org/tiny-lora", card + "\nv2\n", tmp_path, hub.write_token
     )
     assert again.uri != published.uri and again.uri.endswith(hub.head(repo))
-    assert (publish.fetch_adapter(published.uri, token=hub.read_token) / "README.md").read_text() == card
+    assert (publishing.fetch_adapter(published.uri, token=hub.read_token) / "README.md").read_text() == card
 
     captured = capfd.readouterr()
     for text in (child_output, more_output, caplog.text, captured.out, captured.err):
@@ -212,7 +212,7 @@ def test_hub_upload_through_xet_fails_with_a_hint(trained, hub, card, tmp_path):
 def test_hub_fetch_errors_name_the_uri(hub, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     with pytest.raises(PublishError, match="hf://test-org/missing: repo not found"):
-        publish.fetch_adapter("hf://test-org/missing", token=hub.read_token)
+        publishing.fetch_adapter("hf://test-org/missing", token=hub.read_token)
 
 
 # --- mlflow:// ---------------------------------------------------------------------------------
@@ -226,24 +226,24 @@ def test_mlflow_publish_versions_fetch_verify(trained, card, isolated_data_dir, 
     monkeypatch.setenv("HF_TOKEN", marker)
     adapter_dir = trained[3]
     with tracking.start_run("publish-tests") as run:
-        first = publish.publish_adapter(adapter_dir, "mlflow://tiny-lora", card, token=marker)
-    second = publish.publish_adapter(
+        first = publishing.publish_adapter(adapter_dir, "mlflow://tiny-lora", card, token=marker)
+    second = publishing.publish_adapter(
         adapter_dir, "mlflow://tiny-lora", card, token=marker, mlflow_run_id=run.info.run_id
     )
     assert (first.uri, second.uri) == ("mlflow://tiny-lora/1", "mlflow://tiny-lora/2")
     version = MlflowClient().get_model_version("tiny-lora", "2")
     assert version.run_id == run.info.run_id and version.source.endswith("/adapter")
 
-    latest = publish.fetch_adapter("mlflow://tiny-lora")
+    latest = publishing.fetch_adapter("mlflow://tiny-lora")
     assert (latest / "README.md").read_text() == card
     _assert_verified(trained, latest)
     kept = set((isolated_data_dir / "fetched").iterdir())  # the copy above is the caller's
     MlflowClient().set_registered_model_alias("tiny-lora", "champion", "1")
-    pinned = publish.fetch_adapter("mlflow://tiny-lora@champion", dest=isolated_data_dir / "champion")
+    pinned = publishing.fetch_adapter("mlflow://tiny-lora@champion", dest=isolated_data_dir / "champion")
     assert pinned == isolated_data_dir / "champion" and (pinned / "adapter_model.safetensors").is_file()
     with pytest.raises(PublishError, match="mlflow://tiny-lora/9"):
-        publish.fetch_adapter("mlflow://tiny-lora/9")
-    with publish.fetched_adapter("mlflow://tiny-lora/2") as temporary:
+        publishing.fetch_adapter("mlflow://tiny-lora/9")
+    with publishing.fetched_adapter("mlflow://tiny-lora/2") as temporary:
         _assert_verified(trained, temporary)
     assert not temporary.exists()
     # A copy into `dest`, a failed fetch and a temporary copy leave no downloads behind.
@@ -258,7 +258,7 @@ def test_mlflow_publish_versions_fetch_verify(trained, card, isolated_data_dir, 
 
 def test_mlflow_publish_needs_a_run(trained, card):
     with pytest.raises(PublishError, match="no MLflow run"):
-        publish.publish_adapter(trained[3], "mlflow://orphan", card)
+        publishing.publish_adapter(trained[3], "mlflow://orphan", card)
 
 
 # --- file:// and verification failures ---------------------------------------------------------
@@ -268,13 +268,13 @@ def test_file_publish_overwrites_atomically_and_tampering_fails(trained, card, t
     from safetensors.torch import load_file, save_file
 
     target = tmp_path / "published" / "tiny-lora"
-    published = publish.publish_adapter(trained[3], target.as_uri(), card)
-    assert published == publish.Published(uri=target.as_uri(), location=str(target))
-    again = publish.publish_adapter(trained[3], target.as_uri(), card + "\nv2\n")
+    published = publishing.publish_adapter(trained[3], target.as_uri(), card)
+    assert published == publishing.Published(uri=target.as_uri(), location=str(target))
+    again = publishing.publish_adapter(trained[3], target.as_uri(), card + "\nv2\n")
     assert again.uri == published.uri and (target / "README.md").read_text().endswith("v2\n")
     assert sorted(p.name for p in target.parent.iterdir()) == ["tiny-lora"]  # no half-swapped leftovers
 
-    fetched = publish.fetch_adapter(published.uri, dest=tmp_path / "copy")
+    fetched = publishing.fetch_adapter(published.uri, dest=tmp_path / "copy")
     _assert_verified(trained, fetched)
 
     tensors = load_file(str(fetched / "adapter_model.safetensors"))
@@ -282,13 +282,13 @@ def test_file_publish_overwrites_atomically_and_tampering_fails(trained, card, t
     tensors[name] = tensors[name] + 1e-2
     save_file(tensors, str(fetched / "adapter_model.safetensors"), metadata={"format": "pt"})
     model, tokenizer, base_path, _ = trained
-    failed = publish.verify_adapter(model, tokenizer, base_path, fetched, PROBES)
+    failed = publishing.verify_adapter(model, tokenizer, base_path, fetched, PROBES)
     assert not failed.passed and not failed.tensors_identical
     assert name in failed.reason and "differ" in failed.reason
     assert failed.max_abs_logit_diff > 1e-4 and "exceeds the tolerance" in failed.reason
 
     (fetched / "adapter_model.safetensors").unlink()
-    missing = publish.verify_adapter(model, tokenizer, base_path, fetched, PROBES)
+    missing = publishing.verify_adapter(model, tokenizer, base_path, fetched, PROBES)
     assert not missing.passed and "adapter_model.safetensors is missing" in missing.reason
 
 
@@ -307,7 +307,7 @@ def test_verify_a_bf16_adapter_trained_under_autocast(tiny_model_dir, tmp_path):
     loss.backward()
     optimizer.step()
     model.save_pretrained(tmp_path / "bf16-adapter")
-    result = publish.verify_adapter(model, tokenizer, base_path, tmp_path / "bf16-adapter", PROBES[:1])
+    result = publishing.verify_adapter(model, tokenizer, base_path, tmp_path / "bf16-adapter", PROBES[:1])
     assert result.passed, result.reason
     assert model.training  # get_peft_model leaves it in train mode; verification restored that
 
@@ -331,7 +331,7 @@ def test_verify_a_bf16_adapter_trained_under_autocast(tiny_model_dir, tmp_path):
 )
 def test_malformed_or_unknown_uris_are_rejected(trained, card, uri):
     with pytest.raises(PublishError, match="accepted forms: hf://ORG/NAME") as rejected:
-        publish.publish_adapter(trained[3], uri, card)
+        publishing.publish_adapter(trained[3], uri, card)
     assert repr(uri) in str(rejected.value)
 
 
@@ -340,12 +340,12 @@ def test_malformed_or_unknown_uris_are_rejected(trained, card, uri):
 )
 def test_fetch_rejects_malformed_uris(uri):
     with pytest.raises(PublishError, match=re.escape(repr(uri))):
-        publish.fetch_adapter(uri)
+        publishing.fetch_adapter(uri)
 
 
 def test_publish_names_a_folder_that_is_not_an_adapter(tmp_path, card):
     with pytest.raises(PublishError, match="has no adapter_model.safetensors"):
-        publish.publish_adapter(tmp_path, (tmp_path / "out").as_uri(), card)
+        publishing.publish_adapter(tmp_path, (tmp_path / "out").as_uri(), card)
 
 
 # --- the card ----------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def test_card_has_front_matter_config_and_no_local_paths(tiny_model_dir, tmp_pat
         "train": {"output_dir": "~/ckpt", "learning_rate": 2e-4},
         "lora": {"target_modules": ["all-linear"]},
     }
-    card = publish.model_card(
+    card = publishing.model_card(
         BASE_HUB_ID, str(tmp_path / "rows.jsonl"), config, {"eval_loss": 1.5, "steps": 3}, "run-42", "dpo-finetune"
     )
     front = yaml.safe_load(card.split("---")[1])
@@ -371,7 +371,7 @@ def test_card_has_front_matter_config_and_no_local_paths(tiny_model_dir, tmp_pat
     assert str(tmp_path) not in card and str(tiny_model_dir) not in card and "~/ckpt" not in card
 
     # A local folder passed as the "Hub id" is not a Hub id: no base_model at all.
-    local = publish.model_card(str(tiny_model_dir), "pypi:chatterbot-corpus/english", {}, {}, None, "lora-finetune")
+    local = publishing.model_card(str(tiny_model_dir), "pypi:chatterbot-corpus/english", {}, {}, None, "lora-finetune")
     assert "base_model" not in local and str(tiny_model_dir) not in local
     assert "MLflow run id: none" in local
 

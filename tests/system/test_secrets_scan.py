@@ -231,7 +231,7 @@ def test_a_base_model_with_only_pickled_weights_is_refused(tiny_model_dir, tmp_p
 
 
 def test_a_fetched_adapter_with_only_pickled_weights_is_refused(tmp_path):
-    from tasks.publishing.publish import PublishError, fetch_adapter
+    from tasks.publishing import PublishError, fetch_adapter
 
     folder = tmp_path / "adapter"
     folder.mkdir()
@@ -264,7 +264,7 @@ def test_the_chat_app_refuses_a_pickled_adapter(tiny_model_dir, tmp_path):
 
 
 def test_fetching_refuses_other_schemes_before_any_request():
-    from tasks.publishing.publish import PublishError, fetch_adapter
+    from tasks.publishing import PublishError, fetch_adapter
 
     for uri in ("http://127.0.0.1:9/adapter", "s3://bucket/adapter", "ftp://example.org/x"):
         with pytest.raises(PublishError, match="unknown scheme"):

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from tasks import publishing
 from tasks.core import models
 from tasks.core.config import ConfigError, load_config
-from tasks.publishing import publish
 from tasks.training import dpo
 
 POLITE, RUDE = "Thank you very much for asking.", "The quick brown fox jumps over the lazy dog."
@@ -207,7 +207,9 @@ def test_starting_from_an_sft_adapter_keeps_that_adapter_as_the_reference(tiny_m
     assert trained.metrics["rewards/accuracies"] > 0.9
     assert torch.allclose(dpo.score_pairs(trainer, reference=True).chosen, base.reference.chosen, atol=1e-5)
 
-    folder = publish.save_adapter(start, tokenizer, tmp_path / "out", str(tiny_model_dir), None, "dpo-finetune", "run1")
+    folder = publishing.save_adapter(
+        start, tokenizer, tmp_path / "out", str(tiny_model_dir), None, "dpo-finetune", "run1"
+    )
     assert not (folder / "ref").exists()  # only the trained adapter is published
     assert json.loads((folder / "ftllm.json").read_text())["base_model"] == str(tiny_model_dir)
     reloaded_base, _, _ = models.load_base_model(cfg.model.name, placement)
