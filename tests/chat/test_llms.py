@@ -9,8 +9,11 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_ollama import ChatOllama, OllamaEmbeddings
 from ollama import ResponseError
 
-from tasks.chat.generation import ModelLoadError, SamplingSettings, generate_reply
-from tasks.chat.llms import ChatModelOptions, LocalChatModel, cached_chat_model, make_chat_model
+from tasks.chat.backends import ChatModelOptions, make_chat_model
+from tasks.chat.backends.local import LocalChatModel, cached_chat_model
+from tasks.chat.generation import generate_reply
+from tasks.chat.loading import ModelLoadError
+from tasks.chat.sampling import SamplingSettings
 from tasks.core.config import ConfigError, load_config
 from tasks.core.defaults import ollama_base_url
 from tests.doubles.ollama_server import OllamaServer
