@@ -5,7 +5,7 @@ its slider label, range, step and help. Everything else is read from these field
 section `sampling.*` (keys, `--help-config` text, range checks), the keyword arguments of
 `model.generate` (a setting's name is its generate() argument), the app's sliders (elem_id: the
 name with dashes) and the order of the /chat and /compare API inputs. Adding a slider is adding a
-field here.
+line to the table in `SamplingSettings`.
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ from typing import Any, get_type_hints
 
 from tasks.core.config import require
 
-MAX_NEW_TOKENS = 2048  # the slider's top; longer replies take minutes on a CPU
+MAX_NEW_TOKENS = 2048  # the slider's top: a longer reply is more than a CPU chat turn is worth
 
 
 def setting(
-    default: float,
-    *,
-    label: str,
-    minimum: float,
-    maximum: float,
-    step: float,
-    help: str,
-    sampling_only: bool = False,
+    default: float, minimum: float, maximum: float, step: float, label: str, help: str, *, sampling_only: bool = False
 ) -> Any:
     """A sampling field; `sampling_only`: generate() ignores it (and warns) when decoding greedily."""
     slider = {"label": label, "minimum": minimum, "maximum": maximum, "step": step, "sampling_only": sampling_only}
@@ -39,45 +32,16 @@ def setting(
 class SamplingSettings:
     """How a reply is sampled: the `sampling` config section, the sliders' values, generate()'s knobs."""
 
-    # SmolLM2's model card suggests 0.2: at 0.7 the 135M model drifts (into French, for one).
-    temperature: float = setting(
-        0.2,
-        label="Temperature (0 = greedy)",
-        minimum=0.0,
-        maximum=2.0,
-        step=0.05,
-        help="sampling temperature; 0 = greedy",
-        sampling_only=True,
-    )
-    top_p: float = setting(
-        0.9,
-        label="Top-p",
-        minimum=0.05,
-        maximum=1.0,
-        step=0.05,
-        help="nucleus sampling: smallest set of tokens with this total probability",
-        sampling_only=True,
-    )
-    top_k: int = setting(
-        50,
-        label="Top-k (0 = off)",
-        minimum=0,
-        maximum=200,
-        step=1,
-        help="sample among the k most likely tokens; 0 = no limit",
-        sampling_only=True,
-    )
-    repetition_penalty: float = setting(
-        1.1,
-        label="Repetition penalty",
-        minimum=0.5,
-        maximum=2.0,
-        step=0.05,
-        help="penalty on tokens already in the text; 1 = none",
-    )
-    max_new_tokens: int = setting(
-        256, label="Max new tokens", minimum=1, maximum=MAX_NEW_TOKENS, step=1, help="longest reply, in tokens"
-    )
+    # SmolLM2's model card suggests temperature 0.2: at 0.7 the 135M model drifts (into French, for one).
+    # One setting a line (adding a slider is adding a line); the formatter leaves the table as it is.
+    # fmt: off
+    #                                   default  minimum  maximum          step   label                        help
+    temperature:        float = setting(0.2,     0.0,     2.0,             0.05,  "Temperature (0 = greedy)",  "sampling temperature; 0 = greedy", sampling_only=True)
+    top_p:              float = setting(0.9,     0.05,    1.0,             0.05,  "Top-p",                     "nucleus sampling: smallest set of tokens with this total probability", sampling_only=True)
+    top_k:              int   = setting(50,      0,       200,             1,     "Top-k (0 = off)",           "sample among the k most likely tokens; 0 = no limit", sampling_only=True)
+    repetition_penalty: float = setting(1.1,     0.5,     2.0,             0.05,  "Repetition penalty",        "penalty on tokens already in the text; 1 = none")
+    max_new_tokens:     int   = setting(256,     1,       MAX_NEW_TOKENS,  1,     "Max new tokens",            "longest reply, in tokens")
+    # fmt: on
 
     def __post_init__(self) -> None:
         for spec in SETTINGS:
@@ -87,7 +51,8 @@ class SamplingSettings:
     def from_values(cls, values: Sequence[Any]) -> SamplingSettings:
         """Settings from one value per setting, in declared order (the sliders' values)."""
         if len(values) != len(SETTINGS):
-            raise ValueError(f"expected {len(SETTINGS)} sampling values ({', '.join(NAMES)}), got {len(values)}")
+            names = ", ".join(spec.name for spec in SETTINGS)
+            raise ValueError(f"expected {len(SETTINGS)} sampling values ({names}), got {len(values)}")
         return cls(**{spec.name: spec.type(value) for spec, value in zip(SETTINGS, values)})
 
     def generate_kwargs(self) -> dict[str, Any]:
@@ -105,7 +70,6 @@ class Setting:
 
     name: str
     type: type
-    default: float
     label: str
     minimum: float
     maximum: float
@@ -125,11 +89,9 @@ class Setting:
 def _declared() -> tuple[Setting, ...]:
     types = get_type_hints(SamplingSettings)
     return tuple(
-        Setting(name=f.name, type=types[f.name], default=f.default, **f.metadata["slider"])
-        for f in dataclasses.fields(SamplingSettings)
+        Setting(name=f.name, type=types[f.name], **f.metadata["slider"]) for f in dataclasses.fields(SamplingSettings)
     )
 
 
 SETTINGS: tuple[Setting, ...] = _declared()
-NAMES: tuple[str, ...] = tuple(spec.name for spec in SETTINGS)
 BY_NAME: dict[str, Setting] = {spec.name: spec for spec in SETTINGS}

@@ -133,21 +133,29 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
         # The submitted message, kept after the textbox is cleared; a component (not gr.State) so
         # that it is the first parameter of the /chat API.
         pending = gr.Textbox(visible=False, label="message")
+        # The names and types of the /chat API's parameters that come before the sampling settings.
+        turn = {"message": str, "history": list[dict], "model": str, "system": str}
 
-        def chat(message: str, history: list[dict], model: str, system: str, settings, request: gr.Request):
+        def chat(
+            message: str, history: list[dict], model: str, system: str, settings: SamplingSettings, request: gr.Request
+        ):
             """Answer `message` after `history` with `model`; yields (history, notice)."""
             yield from service.reply(message, history, model, system, settings, request.session_hash)
 
         def compare_chat(
-            enabled: bool, message: str, history: list[dict], model: str, system: str, settings, request: gr.Request
+            enabled: bool,
+            message: str,
+            history: list[dict],
+            model: str,
+            system: str,
+            settings: SamplingSettings,
+            request: gr.Request,
         ):
             """The second model's reply in compare mode; nothing when compare mode is off."""
             if not enabled:
                 yield gr.skip(), gr.skip()
                 return
             yield from chat(message, history, model, system, settings, request)
-
-        turn = {"message": str, "history": list[dict], "model": str, "system": str}
 
         def take_message(message: str):
             return "", message
