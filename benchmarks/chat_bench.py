@@ -5,7 +5,7 @@
 1. Generation alone (`tasks.chat.generation.stream_reply`, greedy, 64 new tokens, median of 3 runs) for a
    short and a long prompt: time to first token (prompt processing + first token) and decode
    tokens/s (the tokens after the first, over the time after the first).
-2. The served app (`tasks.chat.app`, real Gradio server on 127.0.0.1): `--users` gradio_client
+2. The served app (`tasks.chat.ui`, real Gradio server on 127.0.0.1): `--users` gradio_client
    clients send one message each at the same moment; per-user latency to the first streamed token
    and to the full reply, p50/p95. The app queue is bounded (server.max_queue) and generates
    server.concurrency_limit replies at once.
@@ -67,7 +67,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict:
-    from tasks.chat.generation import SamplingSettings, build_prompt, stream_reply
+    from tasks.chat.generation import stream_reply
+    from tasks.chat.prompts import build_prompt
+    from tasks.chat.sampling import SamplingSettings
 
     messages = [{"role": "user", "content": prompt}]
     settings = SamplingSettings(temperature=0.0, max_new_tokens=max_new_tokens)
@@ -166,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tasks.chat.app import ChatAppConfig, ChatService, build_app, launch
+    from tasks.chat.config import ChatAppConfig
+    from tasks.chat.server import launch
+    from tasks.chat.service import ChatService
+    from tasks.chat.ui import build_app
     from tasks.core.config import load_config
 
     torch.set_num_threads(args.threads)

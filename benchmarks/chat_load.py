@@ -106,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from tasks.chat.app import ChatAppConfig, ChatService, build_app, launch
+    from tasks.chat.config import ChatAppConfig
+    from tasks.chat.server import launch
+    from tasks.chat.service import ChatService
+    from tasks.chat.ui import build_app
     from tasks.core.config import load_config
 
     torch.set_num_threads(args.threads)

@@ -60,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from playwright.sync_api import sync_playwright
 
-    from tasks.chat.app import ChatAppConfig, build_app, launch
+    from tasks.chat.config import ChatAppConfig
+    from tasks.chat.server import launch
+    from tasks.chat.ui import build_app
     from tasks.core.config import load_config
 
     torch.set_num_threads(1)

@@ -12,106 +12,62 @@ frees the port within seconds.
 from __future__ import annotations
 
 import sys
-import time
 
 from prefect import flow, get_run_logger
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from tasks.chat import app as chat_ui
-from tasks.chat.generation import ModelLoadError
+from tasks.chat.choices import model_choices
+from tasks.chat.config import ChatAppConfig
+from tasks.chat.model_pool import ModelPool, ModelPreload, preload
+from tasks.chat.report import ChatAppRun, failure_summary, serving_line, stopped_line, summary_markdown
+from tasks.chat.server import launch, serve_until_stopped
+from tasks.chat.service import ChatService
+from tasks.chat.ui import build_app
 from tasks.core.cli import run_cli
 from tasks.core.config import load_config
-from tasks.core.reporting import failure_markdown, publish_summary, table
+from tasks.core.reporting import publish_summary
 from tasks.core.steps import step
 
 FLOW = "chat-app"
 DEFAULT_CONFIG = "configs/chat.yaml"
 
-list_model_choices = step(chat_ui.model_choices, name="list_model_choices", io_retries=1)
-launch_app = step(chat_ui.launch, name="launch_app")
+list_model_choices = step(model_choices, name="list_model_choices", io_retries=1)
+launch_app = step(launch, name="launch_app")
 
 
 @step
-def preload_model(pool: chat_ui.ModelPool, choice: str) -> dict:
+def preload_model(pool: ModelPool, choice: str) -> ModelPreload:
     """Load the default model now; a failure is reported and the app serves the other choices."""
-    started = time.monotonic()
-    try:
-        loaded = pool.get(choice)
-    except ModelLoadError as error:
-        get_run_logger().warning("the default model could not be loaded (the app still starts): %s", error)
-        return {"model": choice, "loaded": False, "error": error.reason}
-    return {
-        "model": choice,
-        "loaded": True,
-        "seconds": round(time.monotonic() - started, 1),
-        "context_length": loaded.context_length,
-    }
-
-
-def story_markdown(story: dict) -> str:
-    preload = story.get("preload") or {}
-    lines = [
-        f"# chat-app: serving at {story['url']}",
-        "Open the URL in a browser on this machine. Cancel this flow run to stop the server.",
-        "## Model choices",
-        table(["choice"], [[c] for c in story["choices"]]),
-    ]
-    if preload:
-        status = (
-            f"loaded in {preload['seconds']} s (context {preload['context_length']} tokens)"
-            if preload["loaded"]
-            else f"FAILED: {preload['error']}"
-        )
-        lines += ["## Default model", table(["model", "status"], [[preload["model"], status]])]
-    lines += [
-        "## Server",
-        table(
-            ["host", "port", "concurrency limit", "max queue", "login"],
-            [
-                [
-                    story["server"]["host"],
-                    story["server"]["port"],
-                    story["server"]["concurrency_limit"],
-                    story["server"]["max_queue"],
-                    "on" if story["login"] else "off",
-                ]
-            ],
-        ),
-    ]
-    return "\n\n".join(lines)
+    outcome = preload(pool, choice)
+    if not outcome.loaded:
+        get_run_logger().warning("the default model could not be loaded (the app still starts): %s", outcome.error)
+    return outcome
 
 
 @flow(name=FLOW, log_prints=False)
 def chat_app(
     config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, serve_seconds: float | None = None
-) -> dict:
+) -> ChatAppRun:
     """Serve until cancelled (or for `serve_seconds`, for demos and smoke tests)."""
-    cfg = load_config(chat_ui.ChatAppConfig, config, overrides)
-    logger = get_run_logger()
-    story: dict = {
-        "flow": FLOW,
-        "config": config,
-        "overrides": overrides or [],
-        "server": cfg.server.__dict__,
-        "login": False,
-    }
+    cfg = load_config(ChatAppConfig, config, overrides)
+    run = ChatAppRun(flow=FLOW, config=config, overrides=overrides or [], server=cfg.server)
     try:
-        service = chat_ui.ChatService(cfg)
-        story["choices"] = list_model_choices(cfg)
+        service = ChatService(cfg)
+        run.choices = list_model_choices(cfg)
         if cfg.preload:
-            story["preload"] = preload_model(service.pool, cfg.models[0])
-        app = chat_ui.build_app(cfg, service, story["choices"])
-        story["url"] = launch_app(app, cfg)
-        story["login"] = bool(app.auth)
+            run.preload = preload_model(service.pool, cfg.models[0])
+        app = build_app(cfg, service, run.choices)
+        run.url = launch_app(app, cfg)
+        run.login = bool(app.auth)
     except Exception as error:
-        story["error"] = f"{type(error).__name__}: {error}"
-        publish_summary(FLOW, failure_markdown(story))
+        run.error = f"{type(error).__name__}: {error}"
+        publish_summary(FLOW, failure_summary(run))
         raise
-    publish_summary(FLOW, story_markdown(story))
-    logger.info("chat app serving at %s (cancel the flow run or press Ctrl-C to stop)", story["url"])
-    print(f"chat-app: serving at {story['url']}  (Ctrl-C stops it)", flush=True)
-    chat_ui.serve_until_stopped(app, serve_seconds)
-    return story
+    publish_summary(FLOW, summary_markdown(run))
+    get_run_logger().info("chat app serving at %s (cancel the flow run or press Ctrl-C to stop)", run.url)
+    print(serving_line(run), flush=True)
+    serve_until_stopped(app, serve_seconds)
+    return run
 
 
 def add_arguments(parser) -> None:
@@ -123,13 +79,13 @@ def add_arguments(parser) -> None:
 def main(argv: list[str] | None = None) -> int:
     return run_cli(
         chat_app,
-        chat_ui.ChatAppConfig,
+        ChatAppConfig,
         DEFAULT_CONFIG,
         argv,
         description=__doc__.splitlines()[0],
         add_arguments=add_arguments,
         flow_kwargs=lambda args, parser: {"serve_seconds": args.serve_seconds},
-        show=lambda story, args: print(f"chat-app: served {story['url']}, stopped"),
+        show=lambda run, args: print(stopped_line(run)),
         stop_on_interrupt=True,
     )
 

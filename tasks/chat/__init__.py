@@ -3,6 +3,6 @@
 Other areas use only what is named here.
 """
 
-from tasks.chat.llms import ChatModelOptions, make_chat_model
+from tasks.chat.backends import ChatModelOptions, make_chat_model
 
 __all__ = ["ChatModelOptions", "make_chat_model"]

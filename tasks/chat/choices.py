@@ -1,0 +1,38 @@
+"""What the model picker offers: the configured models, the adapters in the MLflow registry, Documents."""
+
+from __future__ import annotations
+
+import logging
+
+from tasks.chat.config import ChatAppConfig
+from tasks.publishing import is_adapter_uri, registered_adapter_uris
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS = "Documents"  # the picker's value for answers from rag-query
+
+
+def model_choices(config: ChatAppConfig) -> list[str]:
+    """Config models, registry adapters, then Documents (when configured)."""
+    choices = list(dict.fromkeys(config.models))
+    if config.list_registry:
+        try:
+            choices.extend(c for c in registered_adapter_uris(config.registry_versions) if c not in choices)
+        except Exception as error:  # a down tracking server must not keep the app from serving
+            log.warning("could not list adapters from the MLflow registry: %s", error)
+    if config.documents:
+        choices.append(DOCUMENTS)
+    return choices
+
+
+def choice_label(choice: str) -> str:
+    if choice == DOCUMENTS:
+        return "Documents (answers from your PDFs, with cited pages)"
+    if is_adapter_uri(choice):
+        return f"adapter: {choice}"
+    return f"model: {choice}"
+
+
+def labelled_choices(choices: list[str]) -> list[tuple[str, str]]:
+    """(label, value) pairs, as a Gradio dropdown takes them."""
+    return [(choice_label(c), c) for c in choices]
