@@ -91,14 +91,14 @@ def test_csv_and_parquet_go_through_datasets(tmp_path):
         assert fmt == "prompt_completion" and len(rows) == 10 and not bad
 
 
-def test_eval_split_is_seeded_and_disjoint(shared_data):
-    alpaca = str(shared_data / "alpaca_5000.json")
-    with pytest.raises(data.DataError, match="alpaca_5000.json row 2336: field 'output' is empty"):
-        data.load_sft_data(alpaca)  # real data has bad rows: by default nothing trains
+def test_eval_split_is_seeded_and_disjoint(sample_data):
+    alpaca = str(sample_data / "instructions_60.json")
+    with pytest.raises(data.DataError, match="instructions_60.json row 23: field 'output' is empty"):
+        data.load_sft_data(alpaca)  # data as people write it has bad rows: by default nothing trains
     first = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
     again = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
-    assert [b.row for b in first.bad_rows] == [2336, 4659]
-    assert first.format == "alpaca" and len(first.train) + len(first.eval) == 5000 - len(first.bad_rows)
+    assert [b.row for b in first.bad_rows] == [23, 47]
+    assert first.format == "alpaca" and len(first.train) + len(first.eval) == 60 - len(first.bad_rows)
     assert first.eval == again.eval and first.fingerprint == again.fingerprint
     train_keys = {json.dumps(r, sort_keys=True) for r in first.train}
     assert not any(json.dumps(r, sort_keys=True) in train_keys for r in first.eval[:200])

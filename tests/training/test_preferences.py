@@ -254,14 +254,14 @@ def test_demo_pairs_prefer_the_corpus_reply_over_an_off_topic_one():
     assert [p.row for p in again] == [p.row for p in pairs]
 
 
-def test_real_hh_rlhf_pairs_load_and_empty_replies_are_reported(shared_data):
-    source = shared_data / "hh_rlhf_harmless_1800.jsonl.gz"
+def test_real_hh_rlhf_pairs_load_and_empty_replies_are_reported(sample_data):
+    source = sample_data / "hh_rlhf_harmless_600.jsonl.gz"
     loaded = load_preferences(str(source), on_bad_rows="drop", eval_fraction=0.2)
     with gzip.open(source, "rt", encoding="utf-8") as handle:
         raw = [json.loads(line) for line in handle]
     empty_chosen = [i for i, r in enumerate(raw, start=1) if not r["chosen"].rsplit("\n\nAssistant:", 1)[1].strip()]
     assert [b.row for b in loaded.bad_rows] == empty_chosen and empty_chosen
-    assert all(str(b).startswith("hh_rlhf_harmless_1800.jsonl.gz row ") for b in loaded.bad_rows)
+    assert all(str(b).startswith("hh_rlhf_harmless_600.jsonl.gz row ") for b in loaded.bad_rows)
     assert len(loaded.train) + len(loaded.eval) == len(raw) - len(empty_chosen)
     assert loaded.formats == {"hh_rlhf": len(raw) - len(empty_chosen)}
     for row in loaded.train[:100]:
