@@ -1,6 +1,9 @@
 """RAG benchmarks: indexing speed, re-index speed-up, retrieval quality and latency, each with its baseline.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.rag_bench [--pdfs ../shared/data/pdfs] [--queries 100]
+    OMP_NUM_THREADS=1 python -m benchmarks.rag_bench [--data DIR | --pdfs DIR] [--queries 100]
+
+PDFs come from --pdfs, else DIR/pdfs of the benchmark data folder (--data, $FTLLM_BENCH_DATA:
+benchmarks/bench_data.py, docs/data.md); GeoTopo-komprimiert.pdf must be there.
 
 1. First index of GeoTopo-komprimiert.pdf (117 pages) through the pdf-index flow: pages/s.
    Baseline: the same flow run again on the unchanged file (the re-index speed-up).
@@ -24,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import bench_data
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The ephemeral Prefect server needs more than its default 20 s to start on a loaded machine.
@@ -72,10 +77,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pdfs", default=str(ROOT.parent / "shared" / "data" / "pdfs"))
+    bench_data.add_data_argument(parser)
+    parser.add_argument("--pdfs", default=None, help="folder of the PDFs (default: the data folder's pdfs/)")
     parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args(argv)
-    pdfs = Path(args.pdfs).resolve()
+    pdfs = Path(args.pdfs).expanduser().resolve() if args.pdfs else bench_data.data_folder(args.data) / "pdfs"
+    geotopo = str(bench_data.data_file(pdfs, "GeoTopo-komprimiert.pdf"))
     os.environ["FTLLM_DATA_DIR"] = tempfile.mkdtemp(prefix="rag-bench-")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
@@ -90,7 +97,6 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     # 1. first index of GeoTopo, then the same again
-    geotopo = str(pdfs / "GeoTopo-komprimiert.pdf")
     runs = []
     for attempt in ("first", "again"):
         started = time.perf_counter()
