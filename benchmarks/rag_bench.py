@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python -m benchmarks.rag_bench [--data DIR | --pdfs DIR] [--queries 100]
 
 PDFs come from --pdfs, else DIR/pdfs of the benchmark data folder (--data, $FTLLM_BENCH_DATA:
-benchmarks/bench_data.py, docs/data.md); GeoTopo-komprimiert.pdf must be there.
+benchmarks/bench_data.py, docs/data.md); GeoTopo-komprimiert.pdf must be there. The small
+documents fall back to their copies in tests/data/pdfs.
 
 1. First index of GeoTopo-komprimiert.pdf (117 pages) through the pdf-index flow: pages/s.
    Baseline: the same flow run again on the unchanged file (the re-index speed-up).
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QA_DIR = ROOT / "benchmarks" / "qa"
 RESULTS = ROOT / "benchmarks" / "results"
 EXTRA_PDFS = {"libtasn1.pdf": Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")}
+SAMPLE_PDFS = ROOT / "tests" / "data" / "pdfs"  # the small documents of benchmarks/qa/small-docs.jsonl
 
 PIPELINES = {
     # name: (pdf-index overrides, rag overrides)
@@ -66,8 +68,9 @@ PIPELINES = {
 
 
 def pdf_path(name: str, pdfs: Path) -> Path | None:
-    path = EXTRA_PDFS.get(name) or pdfs / name
-    return path if path.is_file() else None
+    """A question file's PDF: from the data folder, else the same file committed for the tests."""
+    candidates = [EXTRA_PDFS[name]] if name in EXTRA_PDFS else [pdfs / name, SAMPLE_PDFS / name]
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def percentile(values: list[float], q: float) -> float:
