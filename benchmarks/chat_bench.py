@@ -1,6 +1,6 @@
 """Chat app benchmark: the default model's speed on this CPU, and the app under 10 concurrent users.
 
-    python benchmarks/chat_bench.py [--config configs/chat.yaml] [--users 10] [--threads 1]
+    python benchmarks/chat_bench.py [--config configs/chat.yaml] [--users 10] [--threads 1] [--data DIR]
 
 1. Generation alone (`tasks.chat.generation.stream_reply`, greedy, 64 new tokens, median of 3 runs) for a
    short and a long prompt: time to first token (prompt processing + first token) and decode
@@ -10,7 +10,9 @@
    and to the full reply, p50/p95. The app queue is bounded (server.max_queue) and generates
    server.concurrency_limit replies at once.
 
-Writes benchmarks/results/chat_bench.json and .md.
+Writes benchmarks/results/chat_bench.json and .md. The long prompt is made of Alpaca rows read from
+alpaca_5000.json in the benchmark data folder (--data, $FTLLM_BENCH_DATA: benchmarks/bench_data.py,
+docs/data.md).
 """
 
 from __future__ import annotations
@@ -30,15 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasks  # noqa: E402,F401  (quiet defaults before the libraries load)
+from benchmarks import bench_data  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHORT_PROMPT = "Write a short paragraph about the history of Paris."
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def long_prompt(tokenizer, target_tokens: int = 1000) -> str:
-    """About `target_tokens` tokens of real instructions (Alpaca, from the shared data) to summarise."""
-    rows = json.loads((SHARED_DATA / "alpaca_5000.json").read_text(encoding="utf-8"))
+def long_prompt(tokenizer, alpaca: Path, target_tokens: int = 1000) -> str:
+    """About `target_tokens` tokens of real instructions (Alpaca rows) to summarise."""
+    rows = json.loads(alpaca.read_text(encoding="utf-8"))
     parts, total = [], 0
     for row in rows:
         text = f"{row['instruction']} {row['input']} {row['output']}".strip()
@@ -164,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--user-max-new-tokens", type=int, default=32)
+    bench_data.add_data_argument(parser)
     args = parser.parse_args(argv)
+    alpaca = bench_data.data_file(bench_data.data_folder(args.data), "alpaca_5000.json")
 
     import torch
 
@@ -193,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/chat_bench.py " + " ".join(argv or sys.argv[1:]),
     }
     report["short_prompt"] = time_generation(loaded, SHORT_PROMPT, args.max_new_tokens, args.runs)
-    report["long_prompt"] = time_generation(loaded, long_prompt(loaded.tokenizer), args.max_new_tokens, args.runs)
+    report["long_prompt"] = time_generation(
+        loaded, long_prompt(loaded.tokenizer, alpaca), args.max_new_tokens, args.runs
+    )
     app = build_app(config, service, [model])
     url = launch(app, config)
     try:

@@ -1,13 +1,15 @@
 """DPO on Anthropic HH-RLHF (harmless) pairs: train on some, measure held-out reward accuracy on the rest.
 
-    python -m benchmarks.dpo_hh_rlhf [--steps N] [--eval-pairs 200] [--set key=value ...]
+    python -m benchmarks.dpo_hh_rlhf [--data DIR] [--steps N] [--eval-pairs 200] [--set key=value ...]
 
 On a quiet machine let torch use every core (OMP_NUM_THREADS=2 here); when other jobs share the
 cores, OMP_NUM_THREADS=1 (the default this script sets) avoids thread thrashing.
 
 Runs the same functions as the `dpo-finetune` flow (preferences → SmolLM2 + LoRA → DPOTrainer →
 evaluation before/after → gate), without MLflow or publishing, and writes
-benchmarks/results/dpo_hh_rlhf.{json,md}. Reads ../shared/data/hh_rlhf_harmless_1800.jsonl.gz.
+benchmarks/results/dpo_hh_rlhf.{json,md}. Reads hh_rlhf_harmless_1800.jsonl.gz from the benchmark
+data folder (--data, $FTLLM_BENCH_DATA: benchmarks/bench_data.py, docs/data.md), unless
+`--set data.train=...` names another source (e.g. Anthropic/hh-rlhf, the recipe's Hub default).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import tasks  # noqa: F401
+from benchmarks import bench_data
 from tasks.core import models
 from tasks.core.config import PROJECT_ROOT, load_config
 from tasks.training import dpo, preferences
@@ -47,8 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-pairs", type=int, default=200)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default="dpo_hh_rlhf", help="results file stem")
+    bench_data.add_data_argument(parser)
     args = parser.parse_args(argv)
     overrides = [f"data.max_eval_rows={args.eval_pairs}", "train.resume=false", *args.overrides]
+    if not any(o.partition("=")[0].strip() == "data.train" for o in args.overrides):
+        pairs = bench_data.data_file(bench_data.data_folder(args.data), "hh_rlhf_harmless_1800.jsonl.gz")
+        overrides.insert(0, f"data.train={pairs}")
     if args.steps:
         overrides.insert(0, f"train.max_steps={args.steps}")
     cfg = load_config(dpo.DpoFinetuneConfig, CONFIG, overrides)
@@ -59,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         train=cfg.data.train,
         eval=cfg.data.eval,
         split=cfg.data.split,
+        data_dir=cfg.data.data_dir,
         eval_fraction=cfg.data.eval_fraction,
         max_train_rows=cfg.data.max_train_rows,
         max_eval_rows=cfg.data.max_eval_rows,

@@ -1,6 +1,10 @@
 """RAG benchmarks: indexing speed, re-index speed-up, retrieval quality and latency, each with its baseline.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.rag_bench [--pdfs ../shared/data/pdfs] [--queries 100]
+    OMP_NUM_THREADS=1 python -m benchmarks.rag_bench [--data DIR | --pdfs DIR] [--queries 100]
+
+PDFs come from --pdfs, else DIR/pdfs of the benchmark data folder (--data, $FTLLM_BENCH_DATA:
+benchmarks/bench_data.py, docs/data.md); GeoTopo-komprimiert.pdf must be there. The small
+documents fall back to their copies in tests/data/pdfs.
 
 1. First index of GeoTopo-komprimiert.pdf (117 pages) through the pdf-index flow: pages/s.
    Baseline: the same flow run again on the unchanged file (the re-index speed-up).
@@ -25,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import bench_data
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The ephemeral Prefect server needs more than its default 20 s to start on a loaded machine.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -33,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QA_DIR = ROOT / "benchmarks" / "qa"
 RESULTS = ROOT / "benchmarks" / "results"
 EXTRA_PDFS = {"libtasn1.pdf": Path("/usr/share/doc/libtasn1-doc/libtasn1.pdf")}
+SAMPLE_PDFS = ROOT / "tests" / "data" / "pdfs"  # the small documents of benchmarks/qa/small-docs.jsonl
 
 PIPELINES = {
     # name: (pdf-index overrides, rag overrides)
@@ -61,8 +68,9 @@ PIPELINES = {
 
 
 def pdf_path(name: str, pdfs: Path) -> Path | None:
-    path = EXTRA_PDFS.get(name) or pdfs / name
-    return path if path.is_file() else None
+    """A question file's PDF: from the data folder, else the same file committed for the tests."""
+    candidates = [EXTRA_PDFS[name]] if name in EXTRA_PDFS else [pdfs / name, SAMPLE_PDFS / name]
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -72,10 +80,12 @@ def percentile(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pdfs", default=str(ROOT.parent / "shared" / "data" / "pdfs"))
+    bench_data.add_data_argument(parser)
+    parser.add_argument("--pdfs", default=None, help="folder of the PDFs (default: the data folder's pdfs/)")
     parser.add_argument("--queries", type=int, default=100)
     args = parser.parse_args(argv)
-    pdfs = Path(args.pdfs).resolve()
+    pdfs = Path(args.pdfs).expanduser().resolve() if args.pdfs else bench_data.data_folder(args.data) / "pdfs"
+    geotopo = str(bench_data.data_file(pdfs, "GeoTopo-komprimiert.pdf"))
     os.environ["FTLLM_DATA_DIR"] = tempfile.mkdtemp(prefix="rag-bench-")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
@@ -90,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     # 1. first index of GeoTopo, then the same again
-    geotopo = str(pdfs / "GeoTopo-komprimiert.pdf")
     runs = []
     for attempt in ("first", "again"):
         started = time.perf_counter()

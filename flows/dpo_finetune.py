@@ -42,6 +42,7 @@ def load_preferences(cfg: DpoFinetuneConfig) -> preferences.PreferenceData:
         train=d.train,
         eval=d.eval,
         split=d.split,
+        data_dir=d.data_dir,
         eval_fraction=d.eval_fraction,
         max_train_rows=d.max_train_rows,
         max_eval_rows=d.max_eval_rows,

@@ -35,6 +35,7 @@ def load_dataset(options: DataOptions) -> data.SftData:
         eval=options.eval,
         format=options.format,
         split=options.split,
+        data_dir=options.data_dir,
         eval_fraction=options.eval_fraction,
         max_train_rows=options.max_train_rows,
         max_eval_rows=options.max_eval_rows,

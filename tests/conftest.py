@@ -21,8 +21,6 @@ logging.raiseExceptions = False
 
 pytest_plugins = ["tests.fixtures.chat", "tests.fixtures.ollama", "tests.fixtures.processes"]
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 @pytest.fixture(scope="session", autouse=True)
 def isolated_data_dir(tmp_path_factory):
@@ -52,10 +50,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"../shared/data is missing ({SHARED_DATA}): the tests read real data from it")
-    return SHARED_DATA
+def sample_data(tmp_path_factory) -> Path:
+    """tests/data/ plus the generated bad PDFs, in a folder the tests may read and copy from."""
+    from tests.support.sample_data import build_sample_data
+
+    return build_sample_data(tmp_path_factory.mktemp("sample") / "data")
 
 
 @pytest.fixture(scope="session")

@@ -104,11 +104,15 @@ def _read_json(path: Path) -> Iterator[tuple[int, Any, str | None]]:
         yield number, record, None
 
 
-def _read_with_datasets(kind: str, path: str, split: str = "train") -> Iterator[tuple[int, Any, str | None]]:
+def _read_with_datasets(
+    kind: str, path: str, split: str = "train", data_dir: str | None = None
+) -> Iterator[tuple[int, Any, str | None]]:
     import datasets
 
     loaded = (
-        datasets.load_dataset(kind, data_files=path, split=split) if kind else datasets.load_dataset(path, split=split)
+        datasets.load_dataset(kind, data_files=path, split=split)
+        if kind
+        else datasets.load_dataset(path, split=split, data_dir=data_dir)
     )
     for number, record in enumerate(loaded, start=1):
         yield number, record, None
@@ -141,8 +145,13 @@ def _read_chatterbot(language: str) -> Iterator[tuple[str, int, Any, str | None]
                 yield str(path.name), number, None, "conversation has fewer than two turns"
 
 
-def read_records(source: str, split: str = "train") -> Iterator[tuple[str, int, Any, str | None]]:
-    """(source file, row number, record or None, read error or None) for every record."""
+def read_records(
+    source: str, split: str = "train", data_dir: str | None = None
+) -> Iterator[tuple[str, int, Any, str | None]]:
+    """(source file, row number, record or None, read error or None) for every record.
+
+    `split` and `data_dir` (a folder inside the dataset repo) apply to Hub dataset ids only.
+    """
     if source.startswith("pypi:chatterbot-corpus"):
         _, _, language = source.partition("/")
         yield from _read_chatterbot(language or "english")
@@ -164,7 +173,7 @@ def read_records(source: str, split: str = "train") -> Iterator[tuple[str, int, 
         return
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         raise DataError(f"data file not found: {source}")
-    for number, record, error in _read_with_datasets("", source, split):  # a Hub dataset id
+    for number, record, error in _read_with_datasets("", source, split, data_dir):  # a Hub dataset id
         yield source, number, record, error
 
 
@@ -260,12 +269,16 @@ def normalize(record: Any, fmt: str) -> Row:
 
 
 def read_rows(
-    source: str, fmt: str = "auto", split: str = "train", system_prompt: str | None = None
+    source: str,
+    fmt: str = "auto",
+    split: str = "train",
+    system_prompt: str | None = None,
+    data_dir: str | None = None,
 ) -> tuple[list[Row], list[BadRow], str]:
     """Every good row of `source` in the internal shape, every bad one reported, and the format."""
     rows: list[Row] = []
     bad: list[BadRow] = []
-    for origin, number, record, error in read_records(source, split):
+    for origin, number, record, error in read_records(source, split, data_dir):
         if error is None and fmt == "auto" and isinstance(record, dict):
             fmt = detect_format(record)
         if error is None:
@@ -302,11 +315,12 @@ def load_sft_data(
     on_bad_rows: str = "fail",
     system_prompt: str | None = None,
     seed: int = 42,
+    data_dir: str | None = None,
 ) -> SftData:
     """Train and held-out rows in the internal shape; bad rows fail the load or are dropped."""
-    train_rows, bad, fmt = read_rows(train, format, split, system_prompt)
+    train_rows, bad, fmt = read_rows(train, format, split, system_prompt, data_dir)
     if eval:
-        eval_rows, eval_bad, _ = read_rows(eval, format, split, system_prompt)
+        eval_rows, eval_bad, _ = read_rows(eval, format, split, system_prompt, data_dir)
         bad += eval_bad
     else:
         shuffled = train_rows[:]

@@ -7,6 +7,7 @@ Shared keys that scripts and dashboards rely on: `model.name`, `data.train`, `da
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Literal
 
 from tasks.core.config import option, require
@@ -48,6 +49,11 @@ class DataOptions:
         "auto", help="row format; auto detects it from the columns"
     )
     split: str = option("train", help="split to read from a Hub dataset")
+    data_dir: str | None = option(
+        None,
+        help="folder inside a Hub dataset repo to read (datasets' data_dir), e.g. harmless-base of "
+        "Anthropic/hh-rlhf; local files and pypi: sources have none",
+    )
     eval_fraction: float = option(0.1, help="share of data.train held out when data.eval is not given")
     max_train_rows: int | None = option(None, help="use at most this many training rows (after the eval split)")
     max_eval_rows: int | None = option(200, help="evaluate on at most this many held-out rows")
@@ -61,6 +67,13 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         require(0.0 < self.eval_fraction < 1.0, "data.eval_fraction", f"must be in (0, 1), got {self.eval_fraction}")
+        if self.data_dir is not None:
+            folder = PurePosixPath(self.data_dir)
+            require(
+                bool(self.data_dir.strip()) and not folder.is_absolute() and ".." not in folder.parts,
+                "data.data_dir",
+                f"must be a folder inside the dataset repo (relative, no '..'), got {self.data_dir!r}",
+            )
         for key in ("max_train_rows", "max_eval_rows"):
             value = getattr(self, key)
             require(value is None or value > 0, f"data.{key}", f"must be positive, got {value}")

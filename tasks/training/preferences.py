@@ -215,10 +215,12 @@ class _Pair:
 
 
 def read_pairs(
-    source: str, split: str = "train", system_prompt: str | None = None, seed: int = 42
+    source: str, split: str = "train", system_prompt: str | None = None, seed: int = 42, data_dir: str | None = None
 ) -> tuple[list[_Pair], list[BadRow], Counter]:
     records = (
-        chatterbot_pairs(source, seed) if source.startswith("pypi:chatterbot-corpus") else read_records(source, split)
+        chatterbot_pairs(source, seed)
+        if source.startswith("pypi:chatterbot-corpus")
+        else read_records(source, split, data_dir)
     )
     pairs, bad, formats = [], [], Counter()
     for origin, number, record, error in records:
@@ -289,11 +291,12 @@ def load_preferences(
     seed: int = 42,
     tokenizer=None,
     max_prompt_tokens: int | None = None,
+    data_dir: str | None = None,
 ) -> PreferenceData:
     """Train and held-out pairs in the internal shape, prompts fitted to `max_prompt_tokens`."""
-    train_pairs, bad, formats = read_pairs(train, split, system_prompt, seed)
+    train_pairs, bad, formats = read_pairs(train, split, system_prompt, seed, data_dir)
     if eval:
-        eval_pairs, eval_bad, eval_formats = read_pairs(eval, split, system_prompt, seed)
+        eval_pairs, eval_bad, eval_formats = read_pairs(eval, split, system_prompt, seed, data_dir)
         bad += eval_bad
         formats += eval_formats
     else:

@@ -278,7 +278,7 @@ def test_login_is_required_when_configured(tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_documents_mode_answers_with_cited_pages(tiny_model_dir, shared_data, tmp_path):
+def test_documents_mode_answers_with_cited_pages(tiny_model_dir, sample_data, tmp_path):
     """Documents mode end to end: pdf-index builds a real index, the app answers through rag-query."""
     import subprocess
     import sys
@@ -289,7 +289,7 @@ def test_documents_mode_answers_with_cited_pages(tiny_model_dir, shared_data, tm
     from tasks.chat.ui import build_app
 
     index = tmp_path / "index.db"
-    pdf = shared_data / "pdfs" / "pdflatex-4-pages.pdf"
+    pdf = sample_data / "pdfs" / "pdflatex-4-pages.pdf"
     env = {**os.environ, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
     done = subprocess.run(
         [sys.executable, "-m", "flows.pdf_index", "--source", str(pdf), "--set", f"store.uri={index}"],

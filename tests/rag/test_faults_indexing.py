@@ -32,8 +32,8 @@ FAST = FetchOptions(timeout_s=1.0, retries=2, backoff_s=0.05, max_mb=1.0)
 
 
 @pytest.fixture(scope="module")
-def paper(shared_data) -> bytes:
-    return (shared_data / "pdfs" / "pdflatex-4-pages.pdf").read_bytes()
+def paper(sample_data) -> bytes:
+    return (sample_data / "pdfs" / "pdflatex-4-pages.pdf").read_bytes()
 
 
 @pytest.fixture
@@ -132,14 +132,14 @@ def completed(records: Path) -> int:
 
 
 @pytest.mark.slow
-def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefect_server, shared_data, tmp_path):
-    # 15 small documents (the 5 small shared PDFs, 3 copies each under their own names): written
+def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefect_server, sample_data, tmp_path):
+    # 15 small documents (the 5 small sample PDFs, 3 copies each under their own names): written
     # one document at a time, so a SIGKILL lands between and inside documents' upserts.
     docs = tmp_path / "docs"
     docs.mkdir()
     for copy in range(3):
         for name in GOOD_PDFS:
-            shutil.copy(shared_data / "pdfs" / name, docs / f"{copy}-{name}")
+            shutil.copy(sample_data / "pdfs" / name, docs / f"{copy}-{name}")
     index_file = tmp_path / "index.db"
     overrides = [f"store.uri={index_file}"]
     records = index_file.with_name("index-records.db")
@@ -187,9 +187,9 @@ def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefec
 
 
 @pytest.mark.slow
-def test_flaky_and_hanging_sources_in_one_run(prefect_server, shared_data, flaky, tmp_path):
+def test_flaky_and_hanging_sources_in_one_run(prefect_server, sample_data, flaky, tmp_path):
     local = tmp_path / "local.pdf"
-    shutil.copy(shared_data / "pdfs" / "crazyones-pdfa.pdf", local)
+    shutil.copy(sample_data / "pdfs" / "crazyones-pdfa.pdf", local)
     sources = [f"{flaky.url}/flaky/paper.pdf", f"{flaky.url}/hang/slow.pdf", str(local)]
     argv = [
         "--config",

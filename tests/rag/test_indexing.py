@@ -19,8 +19,8 @@ CONFIG = "configs/pdf_index.yaml"
 
 
 @pytest.fixture(scope="module")
-def multicolumn(shared_data):
-    path = shared_data / "pdfs" / "multicolumn.pdf"
+def multicolumn(sample_data):
+    path = sample_data / "pdfs" / "multicolumn.pdf"
     return pdfs.extract_pdf(path.read_bytes(), str(path))
 
 
@@ -77,8 +77,8 @@ def run_index(folder, overrides, sources=None):
     return by_name(pdf_index(config=CONFIG, overrides=overrides, sources=[str(s) for s in (sources or [folder])]))
 
 
-def test_index_lifecycle_bad_inputs_unchanged_replaced_deleted(prefect_harness, shared_data, tmp_path):
-    docs = pdf_folder(shared_data, tmp_path / "docs")
+def test_index_lifecycle_bad_inputs_unchanged_replaced_deleted(prefect_harness, sample_data, tmp_path):
+    docs = pdf_folder(sample_data, tmp_path / "docs")
     overrides = store_overrides(tmp_path)
     uri = str(tmp_path / "index.db")
 
@@ -96,7 +96,7 @@ def test_index_lifecycle_bad_inputs_unchanged_replaced_deleted(prefect_harness, 
     assert count_vectors(uri) == chunks
     assert sum(second[name]["seconds"] for name in GOOD_PDFS) < first_seconds / 5
 
-    shutil.copy(shared_data / "pdfs" / "pdflatex-outline.pdf", docs / "multicolumn.pdf")  # same name, new content
+    shutil.copy(sample_data / "pdfs" / "pdflatex-outline.pdf", docs / "multicolumn.pdf")  # same name, new content
     (docs / "crazyones-pdfa.pdf").unlink()
     third = run_index(docs, overrides)
     assert third["multicolumn.pdf"]["status"] == "replaced"
@@ -127,12 +127,12 @@ def test_index_lifecycle_bad_inputs_unchanged_replaced_deleted(prefect_harness, 
     assert any(r["status"] == "deleted" and r["source"].endswith("crazyones-pdfa.pdf") for r in rows)
 
 
-def test_an_interrupted_run_is_finished_without_duplicates(prefect_harness, shared_data, tmp_path):
+def test_an_interrupted_run_is_finished_without_duplicates(prefect_harness, sample_data, tmp_path):
     from langchain_classic.indexes import index
 
     from tasks.rag import vectorstores
 
-    docs = pdf_folder(shared_data, tmp_path / "docs", ["pdflatex-4-pages.pdf"])
+    docs = pdf_folder(sample_data, tmp_path / "docs", ["pdflatex-4-pages.pdf"])
     overrides = store_overrides(tmp_path)
     config = load_config(PdfIndexConfig, CONFIG, overrides)
     source = str((docs / "pdflatex-4-pages.pdf").resolve())
@@ -162,17 +162,17 @@ def test_an_interrupted_run_is_finished_without_duplicates(prefect_harness, shar
 
 
 def test_password_from_the_environment_opens_the_pdf_and_stays_out_of_mlflow(
-    prefect_harness, shared_data, tmp_path, monkeypatch
+    prefect_harness, sample_data, tmp_path, monkeypatch
 ):
     monkeypatch.setenv("FTLLM_TEST_PDF_PASSWORD", "openpassword")
-    docs = pdf_folder(shared_data, tmp_path / "docs", ["libreoffice-writer-password.pdf", "habibi.pdf"])
-    overrides = store_overrides(tmp_path) + ["passwords={libreoffice-writer-password.pdf: env:FTLLM_TEST_PDF_PASSWORD}"]
+    docs = pdf_folder(sample_data, tmp_path / "docs", ["encrypted.pdf", "habibi.pdf"])
+    overrides = store_overrides(tmp_path) + ["passwords={encrypted.pdf: env:FTLLM_TEST_PDF_PASSWORD}"]
     report = run_index(docs, overrides)
-    assert report["libreoffice-writer-password.pdf"]["status"] == "indexed"
+    assert report["encrypted.pdf"]["status"] == "indexed"
 
     # A literal password works too, but is masked wherever the config is recorded.
-    literal = store_overrides(tmp_path / "other") + ["passwords={libreoffice-writer-password.pdf: openpassword}"]
-    assert run_index(docs, literal)["libreoffice-writer-password.pdf"]["status"] == "indexed"
+    literal = store_overrides(tmp_path / "other") + ["passwords={encrypted.pdf: openpassword}"]
+    assert run_index(docs, literal)["encrypted.pdf"]["status"] == "indexed"
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["pdf-index"], output_format="list")
@@ -183,10 +183,10 @@ def test_password_from_the_environment_opens_the_pdf_and_stays_out_of_mlflow(
         assert "openpassword" not in config_yaml
 
 
-def test_run_fails_only_when_nothing_could_be_indexed(prefect_harness, shared_data, tmp_path, capsys):
+def test_run_fails_only_when_nothing_could_be_indexed(prefect_harness, sample_data, tmp_path, capsys):
     from flows.pdf_index import main
 
-    docs = pdf_folder(shared_data, tmp_path / "docs", tuple(BAD_PDFS))
+    docs = pdf_folder(sample_data, tmp_path / "docs", tuple(BAD_PDFS))
     code = main(
         [
             "--source",
@@ -201,13 +201,13 @@ def test_run_fails_only_when_nothing_could_be_indexed(prefect_harness, shared_da
     err = capsys.readouterr().err
     assert code == 1
     assert "no document could be indexed" in err and "missing.pdf: file not found" in err
-    assert "imagemagick-images.pdf: no text layer" in err
+    assert "images-only.pdf: no text layer" in err
 
 
-def test_cli_prints_the_report_as_json(prefect_harness, shared_data, tmp_path, capsys):
+def test_cli_prints_the_report_as_json(prefect_harness, sample_data, tmp_path, capsys):
     from flows.pdf_index import main
 
-    docs = pdf_folder(shared_data, tmp_path / "docs", ["habibi.pdf"])
+    docs = pdf_folder(sample_data, tmp_path / "docs", ["habibi.pdf"])
     assert main(["--source", str(docs), "--json", "--set", f"store.uri={tmp_path / 'index.db'}"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [set(r) for r in report] == [{"source", "status", "reason", "pages", "chunks", "seconds"}]

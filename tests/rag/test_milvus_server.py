@@ -66,10 +66,10 @@ def milvus_server(tmp_path_factory):
         server.stop()
 
 
-def test_index_retrieve_and_reindex_on_a_milvus_server(prefect_harness, milvus_server, shared_data, tmp_path):
+def test_index_retrieve_and_reindex_on_a_milvus_server(prefect_harness, milvus_server, sample_data, tmp_path):
     from flows.pdf_index import pdf_index
 
-    docs = pdf_folder(shared_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
+    docs = pdf_folder(sample_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
     overrides = [
         f"store.uri={milvus_server}",
         "store.collection=server_test",

@@ -1,4 +1,4 @@
-"""Fetching and extracting PDFs: real files from ../shared/data/pdfs, a real HTTP server on 127.0.0.1."""
+"""Fetching and extracting PDFs: the sample PDFs (tests/data/pdfs, generated bad ones), a real HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ FAST = FetchOptions(timeout_s=2.0, retries=2, backoff_s=0.05, max_mb=1.0)
 
 
 @pytest.fixture(scope="module")
-def pdf_dir(shared_data):
-    return shared_data / "pdfs"
+def pdf_dir(sample_data):
+    return sample_data / "pdfs"
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def test_extract_pages_title_and_hash(pdf_dir):
 
 
 def test_encrypted_pdf_needs_its_password(pdf_dir):
-    data = (pdf_dir / "libreoffice-writer-password.pdf").read_bytes()
+    data = (pdf_dir / "encrypted.pdf").read_bytes()
     with pytest.raises(PdfError, match="encrypted: a password is needed"):
         pdfs.extract_pdf(data, "x.pdf")
     with pytest.raises(PdfError, match="encrypted: the password given does not open it"):
@@ -201,7 +201,7 @@ def test_encrypted_pdf_needs_its_password(pdf_dir):
 
 def test_scanned_pdf_has_no_text_layer(pdf_dir):
     with pytest.raises(PdfError, match="no text layer: 40 characters of text on 6 pages"):
-        pdfs.extract_pdf((pdf_dir / "imagemagick-images.pdf").read_bytes(), "scan.pdf")
+        pdfs.extract_pdf((pdf_dir / "images-only.pdf").read_bytes(), "scan.pdf")
     short = pdfs.extract_pdf((pdf_dir / "habibi.pdf").read_bytes(), "habibi.pdf")  # little text, but text
     assert "habibi" in short.pages[0].text
 

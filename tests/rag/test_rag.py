@@ -17,13 +17,13 @@ RAG_CONFIG = "configs/rag.yaml"
 
 
 @pytest.fixture(scope="module")
-def indexed(prefect_harness, shared_data, tmp_path_factory):
+def indexed(prefect_harness, sample_data, tmp_path_factory):
     """The small real PDFs indexed once (default embeddings, Milvus Lite) for this module."""
     from flows.pdf_index import pdf_index
 
     folder = tmp_path_factory.mktemp("rag-index")
     docs = pdf_folder(
-        shared_data, folder / "docs", ["multicolumn.pdf", "google-doc-document.pdf", "crazyones-pdfa.pdf"]
+        sample_data, folder / "docs", ["multicolumn.pdf", "google-doc-document.pdf", "crazyones-pdfa.pdf"]
     )
     overrides = [f"store.uri={folder / 'index.db'}"]
     pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)])
@@ -104,10 +104,10 @@ def test_rag_query_through_ollama_over_http(indexed, ollama_server):
     assert "[multicolumn.pdf p.3]" in result["answer"]  # cited by the model or appended from the sources
 
 
-def test_index_and_retrieve_with_ollama_embeddings(prefect_harness, shared_data, tmp_path, ollama_server):
+def test_index_and_retrieve_with_ollama_embeddings(prefect_harness, sample_data, tmp_path, ollama_server):
     from flows.pdf_index import pdf_index
 
-    docs = pdf_folder(shared_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
+    docs = pdf_folder(sample_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
     embed = ["embeddings.provider=ollama", "embeddings.model=all-minilm", f"embeddings.base_url={ollama_server.url}"]
     overrides = [f"store.uri={tmp_path / 'index.db'}"] + embed
     reports = pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)])

@@ -18,12 +18,12 @@ WEAVIATE_URL = os.environ.get("WEAVIATE_URL")
 pytestmark = pytest.mark.skipif(not WEAVIATE_URL, reason="WEAVIATE_URL is not set (no Weaviate server can run here)")
 
 
-def test_index_and_retrieve_on_weaviate(prefect_harness, shared_data, tmp_path):
+def test_index_and_retrieve_on_weaviate(prefect_harness, sample_data, tmp_path):
     from flows.pdf_index import pdf_index
     from tasks.rag import vectorstores
 
     collection = f"Ftllm_test_{uuid.uuid4().hex[:8]}"
-    docs = pdf_folder(shared_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
+    docs = pdf_folder(sample_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
     overrides = [
         "store.kind=weaviate",
         f"store.uri={WEAVIATE_URL}",

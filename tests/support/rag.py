@@ -8,16 +8,16 @@ from pathlib import Path
 # Small real documents (the 117-page GeoTopo script is left to the benchmarks: it takes minutes).
 GOOD_PDFS = ("multicolumn.pdf", "pdflatex-4-pages.pdf", "crazyones-pdfa.pdf", "google-doc-document.pdf", "habibi.pdf")
 BAD_PDFS = {
-    "imagemagick-images.pdf": "no text layer",
-    "libreoffice-writer-password.pdf": "encrypted: a password is needed",
+    "images-only.pdf": "no text layer",
+    "encrypted.pdf": "encrypted: a password is needed",
 }
 
 
-def pdf_folder(shared_data: Path, target: Path, names=GOOD_PDFS + tuple(BAD_PDFS)) -> Path:
-    """Copies (not links: tests change and delete them) of real PDFs from ../shared/data/pdfs."""
+def pdf_folder(sample_data: Path, target: Path, names=GOOD_PDFS + tuple(BAD_PDFS)) -> Path:
+    """Copies (not links: tests change and delete them) of the sample PDFs (tests/data/pdfs, generated bad ones)."""
     target.mkdir(parents=True, exist_ok=True)
     for name in names:
-        shutil.copy(shared_data / "pdfs" / name, target / name)
+        shutil.copy(sample_data / "pdfs" / name, target / name)
     return target
 
 

@@ -85,10 +85,10 @@ def answers(sources: list[dict]) -> list[tuple[str, int, str]]:
 
 
 @pytest.mark.slow
-def test_queries_resume_after_the_milvus_server_restarts(milvus_server, shared_data, tmp_path):
+def test_queries_resume_after_the_milvus_server_restarts(milvus_server, sample_data, tmp_path):
     url = f"http://127.0.0.1:{milvus_server.config.get('proxy_port')}"
     overrides = [f"store.uri={url}", "store.collection=restart_test", f"store.records={tmp_path / 'records.db'}"]
-    chunks = index_one_pdf(shared_data / "pdfs" / "multicolumn.pdf", overrides)
+    chunks = index_one_pdf(sample_data / "pdfs" / "multicolumn.pdf", overrides)
     config = load_config(rag.RagConfig, "configs/rag.yaml", overrides)
     question = "What is the capital of Finland?"
     before = rag.retrieve(question, config, k=3)  # the session's store and client are cached from here on

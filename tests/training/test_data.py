@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from tasks.core.config import ConfigError, load_config
 from tasks.training import data
+from tasks.training.options import LoraFinetuneConfig
 
 
 def write_jsonl(path, records):
@@ -91,17 +93,41 @@ def test_csv_and_parquet_go_through_datasets(tmp_path):
         assert fmt == "prompt_completion" and len(rows) == 10 and not bad
 
 
-def test_eval_split_is_seeded_and_disjoint(shared_data):
-    alpaca = str(shared_data / "alpaca_5000.json")
-    with pytest.raises(data.DataError, match="alpaca_5000.json row 2336: field 'output' is empty"):
-        data.load_sft_data(alpaca)  # real data has bad rows: by default nothing trains
+def test_eval_split_is_seeded_and_disjoint(sample_data):
+    alpaca = str(sample_data / "instructions_60.json")
+    with pytest.raises(data.DataError, match="instructions_60.json row 23: field 'output' is empty"):
+        data.load_sft_data(alpaca)  # data as people write it has bad rows: by default nothing trains
     first = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
     again = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
-    assert [b.row for b in first.bad_rows] == [2336, 4659]
-    assert first.format == "alpaca" and len(first.train) + len(first.eval) == 5000 - len(first.bad_rows)
+    assert [b.row for b in first.bad_rows] == [23, 47]
+    assert first.format == "alpaca" and len(first.train) + len(first.eval) == 60 - len(first.bad_rows)
     assert first.eval == again.eval and first.fingerprint == again.fingerprint
     train_keys = {json.dumps(r, sort_keys=True) for r in first.train}
     assert not any(json.dumps(r, sort_keys=True) in train_keys for r in first.eval[:200])
+
+
+def test_data_dir_reads_one_folder_of_a_hub_dataset(tmp_path, monkeypatch):
+    import datasets
+
+    # A local folder laid out like a Hub dataset repo stands in for the Hub (no network in tests).
+    for folder, answer in (("short", "5"), ("long", "Two plus three is five.")):
+        (tmp_path / "repo" / folder).mkdir(parents=True)
+        write_jsonl(tmp_path / "repo" / folder / "train.jsonl", [{"prompt": "2 + 3?", "completion": answer}] * 4)
+    load_dataset = datasets.load_dataset
+    hub = {"org/sums": str(tmp_path / "repo")}
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, **kwargs: load_dataset(hub[path], **kwargs))
+
+    assert len(data.read_rows("org/sums")[0]) == 8  # no data_dir: every folder
+    loaded = data.load_sft_data("org/sums", data_dir="short", eval_fraction=0.25)
+    rows = loaded.train + loaded.eval
+    assert len(rows) == 4 and {r["completion"][0]["content"] for r in rows} == {"5"}
+
+
+@pytest.mark.parametrize("value", ["/harmless-base", "../elsewhere", "harmless-base/../..", ""])
+def test_data_dir_must_be_a_folder_inside_the_dataset(value):
+    with pytest.raises(ConfigError, match="data.data_dir: must be a folder inside the dataset repo"):
+        load_config(LoraFinetuneConfig, None, [f"data.data_dir={value}"])
+    assert load_config(LoraFinetuneConfig, None, ["data.data_dir=harmless-base"]).data.data_dir == "harmless-base"
 
 
 def test_explicit_eval_file_and_row_limits(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 
 import pytest
 
@@ -254,16 +255,47 @@ def test_demo_pairs_prefer_the_corpus_reply_over_an_off_topic_one():
     assert [p.row for p in again] == [p.row for p in pairs]
 
 
-def test_real_hh_rlhf_pairs_load_and_empty_replies_are_reported(shared_data):
-    source = shared_data / "hh_rlhf_harmless_1800.jsonl.gz"
+def test_real_hh_rlhf_pairs_load_and_empty_replies_are_reported(sample_data):
+    source = sample_data / "hh_rlhf_harmless_600.jsonl.gz"
     loaded = load_preferences(str(source), on_bad_rows="drop", eval_fraction=0.2)
     with gzip.open(source, "rt", encoding="utf-8") as handle:
         raw = [json.loads(line) for line in handle]
     empty_chosen = [i for i, r in enumerate(raw, start=1) if not r["chosen"].rsplit("\n\nAssistant:", 1)[1].strip()]
     assert [b.row for b in loaded.bad_rows] == empty_chosen and empty_chosen
-    assert all(str(b).startswith("hh_rlhf_harmless_1800.jsonl.gz row ") for b in loaded.bad_rows)
+    assert all(str(b).startswith("hh_rlhf_harmless_600.jsonl.gz row ") for b in loaded.bad_rows)
     assert len(loaded.train) + len(loaded.eval) == len(raw) - len(empty_chosen)
     assert loaded.formats == {"hh_rlhf": len(raw) - len(empty_chosen)}
     for row in loaded.train[:100]:
         assert row["prompt"][0]["role"] == "user" and row["prompt"][-1]["role"] == "user"
         assert "\n\nHuman:" not in row["prompt"][-1]["content"]
+
+
+def test_the_hh_recipe_reads_the_harmless_base_folder_of_the_hub_dataset(sample_data, tmp_path, monkeypatch):
+    import datasets
+
+    from tasks.core.config import load_config
+    from tasks.training.dpo import DpoFinetuneConfig
+
+    # A local folder laid out like the Hub repo Anthropic/hh-rlhf stands in for the Hub.
+    repo = tmp_path / "hh-rlhf"
+    (repo / "harmless-base").mkdir(parents=True)
+    (repo / "helpful-base").mkdir()
+    shutil.copy(sample_data / "hh_rlhf_harmless_600.jsonl.gz", repo / "harmless-base" / "train.jsonl.gz")
+    helpful = {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go away."}
+    write_jsonl(repo / "helpful-base" / "train.jsonl", [helpful])
+    load_dataset = datasets.load_dataset
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda path, **kwargs: load_dataset({"Anthropic/hh-rlhf": str(repo)}[path], **kwargs)
+    )
+    recipe = load_config(DpoFinetuneConfig, "configs/dpo_hh_rlhf.yaml").data
+    assert (recipe.train, recipe.data_dir, recipe.split) == ("Anthropic/hh-rlhf", "harmless-base", "train")
+    loaded = load_preferences(
+        recipe.train,
+        split=recipe.split,
+        data_dir=recipe.data_dir,
+        eval_fraction=recipe.eval_fraction,
+        on_bad_rows=recipe.on_bad_rows,
+    )
+    assert len(loaded.train) + len(loaded.eval) + len(loaded.bad_rows) == 600  # harmless-base only
+    assert [b.row for b in loaded.bad_rows] == [87, 517]  # its empty chosen replies, reported
+    assert not any(row["prompt"] == [USER("Hi")] for row in loaded.train + loaded.eval)
