@@ -647,15 +647,29 @@ def _compare_tensors(trained: dict, fetched: dict) -> tuple[bool, str]:
     return True, ""
 
 
+# publish.logits_tolerance by the trained model's precision, when not set. The reload runs the
+# trained kernels, so rounding alone separates the two: in half precision one rounding step of a
+# logit between 32 and 64 is 0.25 (bf16) or 0.03 (fp16).
+LOGITS_TOLERANCE = {"fp32": 1e-4, "fp16": 0.0625, "bf16": 0.5}
+
+
 def verify_adapter(
-    trained_model, tokenizer, base_model_path: str, fetched_dir: Path, probe_prompts: list[str], tolerance: float = 1e-4
+    trained_model,
+    tokenizer,
+    base_model_path: str,
+    fetched_dir: Path,
+    probe_prompts: list[str],
+    tolerance: float | None = None,
 ) -> Verification:
-    """Reload the fetched adapter on a fresh base model and compare it with the trained one."""
+    """Reload the fetched adapter on a fresh base model and compare it with the trained one.
+
+    `tolerance`: the max |logit difference| accepted; None: LOGITS_TOLERANCE for the trained precision.
+    """
     import torch
     from peft import PeftModel, get_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from tasks.core.models import Placement, load_causal_lm
+    from tasks.core.models import Placement, load_causal_lm, same_kernels
 
     fetched_dir = Path(fetched_dir)
     weights = fetched_dir / ADAPTER_WEIGHTS
@@ -670,7 +684,11 @@ def verify_adapter(
     parameter = next(trained_model.get_base_model().parameters())
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[parameter.dtype]
     placement = Placement("cuda" if parameter.device.type == "cuda" else "cpu", precision)
-    reloaded = PeftModel.from_pretrained(load_causal_lm(base_model_path, placement), fetched_dir).eval()
+    tolerance = LOGITS_TOLERANCE[precision] if tolerance is None else tolerance
+    # With the trained kernels (attention implementation, Liger): in half precision two kernels of
+    # the same math disagree by far more than one rounding step.
+    base = load_causal_lm(base_model_path, placement, **same_kernels(trained_model))
+    reloaded = PeftModel.from_pretrained(base, fetched_dir).eval()
     # Same precision, parameter by parameter: training may have upcast some (norms to fp32 under bf16).
     trained_dtypes = {name: p.dtype for name, p in trained_model.named_parameters()}
     for name, p in reloaded.named_parameters():
