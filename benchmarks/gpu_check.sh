@@ -123,7 +123,12 @@ if [[ $? -ne 0 ]]; then
 fi
 
 echo "== $NAME ($(remaining) s left of ${BUDGET_S} s)" | tee -a "$LOG"
-timeout --kill-after=10 $(($(remaining) - 20)) "$PYTHON" -m benchmarks.train_throughput --device "$DEVICE" \
+limit=$(($(remaining) - 20)) # what is left, less the time to write the tail and check the files
+if ((limit < 60)); then
+  echo "aborted: ${limit} s left for the benchmark" | tee -a "$LOG"
+  exit 2
+fi
+timeout --kill-after=10 "$limit" "$PYTHON" -m benchmarks.train_throughput --device "$DEVICE" \
   --shape "$SHAPE" --setups baseline,project,project-ckpt --name "$NAME" --out "$OUT" "${BENCH_ARGS[@]}" \
   2>"$STDERR" | tee -a "$LOG"
 status=$?
