@@ -26,7 +26,8 @@ if [[ "${1:-}" == "wheels" ]]; then
   shift
   mkdir -p .ftllm/wheels
   # The image has torch, triton, accelerate, huggingface-hub, pyarrow, pandas, xxhash; not these.
-  # pyarrow (~45 MB) only when the check there asks for it: `wheels pyarrow==25.0.1`.
+  # pyarrow only when the preflight there asks for it: its wheel (~50 MB) and these (~21 MB) exceed
+  # one 64 MiB carry, so it goes alone into /tmp/site in a first call, and this script in the next.
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .ftllm/wheels "${WHEELS[@]}" "$@"
