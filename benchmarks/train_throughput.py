@@ -85,6 +85,18 @@ SHAPES: dict[str, dict[str, Any]] = {
         rms_norm_eps=1e-5,
         tie_word_embeddings=True,
     ),
+    # gpu_check.sh's CPU rehearsal: the same steps in seconds.
+    "tiny-qwen2": dict(
+        model_type="qwen2",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=512,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    ),
 }
 
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name fragment.
@@ -290,7 +302,7 @@ def run_phase(trainer, clock, warmup: int, device: str, others: list) -> tuple[i
 
 
 def matmul_flops_per_second(dtype: torch.dtype) -> float:
-    """Measured on the CPU: the fp32 matrix-product rate at torch's current thread count."""
+    """Measured on the CPU: the matrix-product rate in the run's dtype at torch's current thread count."""
     a = torch.randn(512, 512, dtype=dtype)
     b = torch.randn(512, 512, dtype=dtype)
     a @ b
@@ -310,7 +322,7 @@ def peak_flops(placement: models.Placement) -> tuple[float, str]:
             if fragment in name:
                 return peak, f"{name} dense bf16 data-sheet peak"
         return float("nan"), f"{name}: no peak on record"
-    return matmul_flops_per_second(placement.dtype), "measured 512x512 fp32 matmul, best of 5"
+    return matmul_flops_per_second(placement.dtype), f"measured 512x512 {placement.precision} matmul, best of 5"
 
 
 # --- the numerical check ----------------------------------------------------------------------
@@ -347,10 +359,16 @@ def loss_check(trainers: dict[str, Any], rows: list[dict], batch_size: int, step
             batch = {
                 k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in trainer.data_collator(group).items()
             }
-            with trainer.compute_loss_context_manager():  # autocast as in training
+            # The autocast training runs under: the Trainer's compute_loss_context_manager() is no
+            # longer it (transformers leaves autocast to accelerate).
+            with trainer.accelerator.autocast():
                 loss = trainer.compute_loss(model, batch)
-            trainer.accelerator.backward(loss)
-            optimizer.step()
+            trainer.accelerator.backward(loss)  # scaled when fp16 has a GradScaler: step through it
+            if trainer.accelerator.scaler is not None:
+                trainer.accelerator.scaler.step(optimizer)
+                trainer.accelerator.scaler.update()
+            else:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             losses[name].append(loss.item())
         with torch.no_grad():  # back to the initial adapter: timing starts from the same place
@@ -385,6 +403,9 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--check-steps", type=int, default=3, help="steps of the loss check (0: skip it)")
     parser.add_argument("--setups", default="baseline,project", help="comma list of baseline, project, project-ckpt")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="as train.precision"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: OMP_NUM_THREADS or torch's)")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument(
@@ -397,14 +418,15 @@ def parse_args(argv: list[str] | None):
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--name", help="write benchmarks/results/train_throughput_<name>.{json,md}")
+    parser.add_argument("--name", help="write train_throughput_<name>.{json,md} into --out")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder of the result files (default: %(default)s)")
     return parser.parse_args(argv)
 
 
 def run(args) -> dict[str, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    placement = models.resolve_placement(args.device)
+    placement = models.resolve_placement(args.device, args.precision)
     setups = setups_for(args, placement)
     lora = LoraOptions(r=args.lora_r, alpha=2 * args.lora_r, dropout=0.05, target_modules=["all-linear"])
     started = time.perf_counter()
@@ -530,15 +552,21 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def result_paths(name: str, folder: Path = RESULTS) -> tuple[Path, Path]:
+    """The JSON and Markdown files of a named run; names may hold dots (`gpu_qwen2.5-1.5b`)."""
+    stem = f"train_throughput_{name}"
+    return folder / f"{stem}.json", folder / f"{stem}.md"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with contextlib.redirect_stdout(sys.stderr):  # the Trainer prints its summary: stdout is ours alone
         result = run(args)
     if args.name:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        stem = RESULTS / f"train_throughput_{args.name}"
-        stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(markdown(result) + "\n")
+        args.out.mkdir(parents=True, exist_ok=True)
+        json_path, md_path = result_paths(args.name, args.out)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        md_path.write_text(markdown(result) + "\n")
     print(json.dumps(result) if args.json else markdown(result))
     return 0
 

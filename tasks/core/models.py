@@ -16,6 +16,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -53,9 +54,9 @@ def resolve_placement(device: str = "auto", precision: str = "auto") -> Placemen
     if precision == "auto":
         # TRL would turn bf16 on even on the CPU, where it is slow and makes the trained and the
         # reloaded adapter disagree (~3e-3 in logits): fp32 on the CPU, bf16 where the GPU has it.
-        precision = (
-            "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else ("fp16" if device == "cuda" else "fp32")
-        )
+        # Emulated bf16 (T4, V100) counts as supported by default, yet runs far slower than fp16 there.
+        native_bf16 = device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        precision = "bf16" if native_bf16 else ("fp16" if device == "cuda" else "fp32")
     if device == "cpu" and precision == "fp16":
         raise ConfigError("train.precision: fp16 is not supported on the CPU; use fp32 or bf16")
     return Placement(device, precision)
@@ -174,6 +175,7 @@ def load_causal_lm(
     revision: str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
+    liger: bool = False,
 ):
     """The model in eval mode on its device; safetensors only, no remote code unless asked for."""
     from transformers import AutoModelForCausalLM
@@ -187,7 +189,51 @@ def load_causal_lm(
         use_safetensors=True,
         **kwargs,
     )
+    if liger:
+        apply_liger(model)
     return model.to(placement.device).eval()
+
+
+# Set on a model whose layers run Liger's kernels (apply_liger), so a reload can run the same ones.
+LIGER_APPLIED = "ftllm_liger_applied"
+
+
+def apply_liger(model) -> None:
+    """Liger's Triton kernels (RMSNorm, SwiGLU) on this model instance only; CUDA only at run time.
+
+    Liger's entry point also rebinds names in the model family's transformers module (the norm and
+    MLP classes; with rope or cross_entropy on, the RoPE function and torch's cross-entropy), and every
+    later model of that family in the process would run Liger too: a benchmark's baseline, a reload
+    to verify. Those names are put back, rope and cross_entropy stay off (they have no per-instance
+    form), and fused linear + cross-entropy stays off: it replaces the forward that TRL patches with
+    its own fused LM head, which already keeps the full-vocabulary logits out of the loss.
+    """
+    import sys
+
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    family = sys.modules[type(base).__module__]
+    names = dict(vars(family))
+    try:
+        _apply_liger_kernel_to_instance(
+            model=base, rope=False, cross_entropy=False, fused_linear_cross_entropy=False, rms_norm=True, swiglu=True
+        )
+    finally:
+        for name in set(vars(family)) - set(names):
+            delattr(family, name)
+        for name, value in names.items():
+            if vars(family).get(name) is not value:
+                setattr(family, name, value)
+    setattr(base, LIGER_APPLIED, True)
+
+
+def same_kernels(model) -> dict[str, Any]:
+    """`load_causal_lm` arguments that make a fresh model compute as `model` does: its attention
+    implementation and Liger's kernels. In half precision two kernels of the same math disagree by
+    whole units of the logits' last place, so a reload meant to reproduce a model must run its kernels."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"attn_implementation": base.config._attn_implementation, "liger": getattr(base, LIGER_APPLIED, False)}
 
 
 def load_base_model(
@@ -218,12 +264,9 @@ def freeze_and_apply_lora(
 
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    if model.dtype in (torch.float16, torch.bfloat16):
-        # The notebook's post-processing, where it matters: norms in fp32 keep half-precision
-        # training stable. (In fp32 there is nothing to upcast.)
-        for name, parameter in model.named_parameters():
-            if parameter.ndim == 1 and "norm" in name:
-                parameter.data = parameter.data.float()
+    # The frozen norms keep the model's dtype: RMSNorm already computes its statistics in fp32, and
+    # an fp32 weight would make it return fp32, which a bf16/fp16 Linear rejects outside autocast
+    # (generation, evaluation and DPO scoring run the model without it).
     if gradient_checkpointing:
         # Checkpointed blocks need an input that requires grad, or no gradient reaches the adapters.
         model.enable_input_require_grads()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.core.models import Placement, chat_template_ids, load_causal_lm
+from tasks.core.models import Placement, chat_template_ids, load_causal_lm, same_kernels
 from tasks.publishing.target import ADAPTER_WEIGHTS
 
 
@@ -49,16 +49,29 @@ def _compare_tensors(trained: dict, fetched: dict) -> tuple[bool, str]:
     return True, ""
 
 
-def _reload_like(trained_model, base_model_path: str, fetched_dir: Path):
-    """The fetched adapter on a fresh base model, on the trained model's device and in its precision."""
+# publish.logits_tolerance by the trained model's precision, when not set. The reload runs the
+# trained kernels, so rounding alone separates the two: in half precision one rounding step of a
+# logit between 32 and 64 is 0.25 (bf16) or 0.03 (fp16).
+LOGITS_TOLERANCE = {"fp32": 1e-4, "fp16": 0.0625, "bf16": 0.5}
+
+
+def _placement_of(trained_model) -> Placement:
     import torch
-    from peft import PeftModel
 
     parameter = next(trained_model.get_base_model().parameters())
     precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[parameter.dtype]
-    placement = Placement("cuda" if parameter.device.type == "cuda" else "cpu", precision)
-    reloaded = PeftModel.from_pretrained(load_causal_lm(base_model_path, placement), fetched_dir).eval()
-    # Same precision, parameter by parameter: training may have upcast some (norms to fp32 under bf16).
+    return Placement("cuda" if parameter.device.type == "cuda" else "cpu", precision)
+
+
+def _reload_like(trained_model, base_model_path: str, fetched_dir: Path):
+    """The fetched adapter on a fresh base model, on the trained model's device, in its precision and
+    with its kernels (attention implementation, Liger): in half precision two kernels of the same
+    math disagree by far more than one rounding step."""
+    from peft import PeftModel
+
+    base = load_causal_lm(base_model_path, _placement_of(trained_model), **same_kernels(trained_model))
+    reloaded = PeftModel.from_pretrained(base, fetched_dir).eval()
+    # Same dtype, parameter by parameter, whatever training left each one in.
     trained_dtypes = {name: p.dtype for name, p in trained_model.named_parameters()}
     for name, p in reloaded.named_parameters():
         if name in trained_dtypes and p.dtype != trained_dtypes[name]:
@@ -67,9 +80,17 @@ def _reload_like(trained_model, base_model_path: str, fetched_dir: Path):
 
 
 def verify_adapter(
-    trained_model, tokenizer, base_model_path: str, fetched_dir: Path, probe_prompts: list[str], tolerance: float = 1e-4
+    trained_model,
+    tokenizer,
+    base_model_path: str,
+    fetched_dir: Path,
+    probe_prompts: list[str],
+    tolerance: float | None = None,
 ) -> Verification:
-    """Reload the fetched adapter on a fresh base model and compare it with the trained one."""
+    """Reload the fetched adapter on a fresh base model and compare it with the trained one.
+
+    `tolerance`: the max |logit difference| accepted; None: LOGITS_TOLERANCE for the trained precision.
+    """
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import load_file
@@ -84,12 +105,14 @@ def verify_adapter(
     trained_state = get_peft_model_state_dict(trained_model)
     tensors_identical, tensor_reason = _compare_tensors(trained_state, load_file(str(weights)))
     reloaded = _reload_like(trained_model, base_model_path, fetched_dir)
+    if tolerance is None:
+        tolerance = LOGITS_TOLERANCE[_placement_of(trained_model).precision]
 
     parameter = next(trained_model.get_base_model().parameters())
     modes = {module: module.training for module in trained_model.modules()}
     trained_model.eval()
     max_diff, sample = 0.0, ""
-    # Half-precision training runs under autocast (norms upcast to fp32): so do both forward passes here.
+    # Half-precision training runs under autocast: so do both forward passes here.
     half = parameter.dtype in (torch.bfloat16, torch.float16)
     try:
         with torch.inference_mode(), torch.autocast(parameter.device.type, dtype=parameter.dtype, enabled=half):

@@ -23,10 +23,12 @@ from typing import Any, Literal
 
 import torch
 
+from tasks.core import models
 from tasks.core.config import option, require
 from tasks.core.models import Placement
+from tasks.training.memory import decide_checkpointing
 from tasks.training.options import DataOptions, EvalOptions, LoraOptions, ModelOptions, PublishOptions, TrainOptions
-from tasks.training.trainer import TrainResult, mlflow_log_callback, run_trainer, trainer_arguments
+from tasks.training.trainer import TrainResult, mlflow_log_callback, run_trainer, trainer_arguments, use_liger
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +133,9 @@ def build_trainer(
         per_device_eval_batch_size=cfg.eval.batch_size,
         dataset_num_proc=None,
     )
-    return DPOTrainer(
+    if use_liger(cfg.train, placement):
+        models.apply_liger(model)
+    trainer = DPOTrainer(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
@@ -139,6 +143,23 @@ def build_trainer(
         processing_class=tokenizer,
         callbacks=[mlflow_log_callback()],
     )
+    # A pair trains two rows (chosen, rejected) of up to model.max_length tokens each.
+    decide_checkpointing(trainer, cfg.train, placement, cfg.model.max_length, loss_inputs, sequences_per_example=2)
+    return trainer
+
+
+def loss_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The model inputs of TRL's DPO loss for a collated batch of pairs (the chosen rows, then the rejected).
+
+    TRL's fused LM head (installed on the model by DPOTrainer) gives per-token log-probabilities of
+    the reply tokens without full-vocabulary logits.
+    """
+    return {
+        "input_ids": batch["input_ids"],
+        "attention_mask": batch["attention_mask"],
+        "labels": batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100),
+        "fused_lm_head": True,
+    }
 
 
 def train_dpo(trainer, output_dir: Path, resume: bool) -> TrainResult:
@@ -164,17 +185,11 @@ class PairLogps:
     rejected: torch.Tensor
 
 
-def _policy_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    # The same computation as TRL's loss and reference pass: its fused LM head (installed on the model
-    # by DPOTrainer) gives per-token log-probabilities of the reply tokens without full-vocabulary logits.
-    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        labels=labels,
-        use_cache=False,
-        fused_lm_head=True,
-    )
+def _policy_logps(trainer, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    # The same computation as TRL's loss and reference pass, under the same autocast (TRL scores the
+    # reference under it): in half precision the untrained policy then scores exactly as its reference.
+    with trainer.accelerator.autocast():
+        out = trainer.model(**loss_inputs(batch), use_cache=False)
     reply_positions = batch["completion_mask"].size(1) - 1
     return out.log_probs[:, -reply_positions:].sum(dim=1).chunk(2, dim=0)
 
@@ -194,7 +209,7 @@ def score_pairs(trainer, reference: bool) -> PairLogps:
             elif reference:
                 c, r = trainer.compute_ref_log_probs(model, batch)
             else:
-                c, r = _policy_logps(model, batch)
+                c, r = _policy_logps(trainer, batch)
             chosen.append(c.float().cpu())
             rejected.append(r.float().cpu())
             log.info(

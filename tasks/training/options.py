@@ -166,10 +166,16 @@ class PublishOptions:
     private: bool = option(True, help="create Hub repos private")
     token_secret: str | None = option(None, help="Prefect Secret block holding the Hub token (else HF_TOKEN)")
     verify: bool = option(True, help="reload the published adapter and verify tensors and logits")
-    logits_tolerance: float = option(1e-4, help="max abs logit difference accepted by verification (fp32)")
+    logits_tolerance: float | None = option(
+        None,
+        help="max abs logit difference accepted by verification; default per training precision: "
+        "1e-4 in fp32, 0.0625 in fp16, 0.5 in bf16 (two rounding steps of a logit of 32 to 64)",
+    )
 
     def __post_init__(self) -> None:
-        require(self.logits_tolerance > 0, "publish.logits_tolerance", "must be positive")
+        require(
+            self.logits_tolerance is None or self.logits_tolerance > 0, "publish.logits_tolerance", "must be positive"
+        )
 
 
 @dataclass

@@ -27,8 +27,10 @@ from typing import Any
 
 import torch
 
+from tasks.core import models
 from tasks.core.config import ConfigError, data_dir, flatten
 from tasks.core.models import Placement
+from tasks.training.memory import decide_checkpointing, use_gradient_checkpointing
 from tasks.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,10 @@ def checkpoint_dir(flow: str, config: Any) -> Path:
     if config.train.output_dir:
         return Path(config.train.output_dir).expanduser().resolve()
     relevant = {k: v for k, v in flatten(config).items() if not k.startswith(RESUME_NEUTRAL)}
+    # `auto` as this machine resolves it: a checkpoint written on the CPU in fp32 must not resume on
+    # a GPU in bf16 (nor the other way round), and `auto` and its resolved value are the same run.
+    placement = models.resolve_placement(config.train.device, config.train.precision)
+    relevant.update({"train.device": placement.device, "train.precision": placement.precision})
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return data_dir() / "checkpoints" / flow / digest
 
@@ -60,99 +66,6 @@ def last_checkpoint(output_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-
-
-# Activation memory of a step beyond what the saved tensors hold (gradients in flight, the loss's
-# upcast logits, allocator slack): a margin on the probe's count, not a measured law.
-ACTIVATION_HEADROOM = 1.25
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """What one training step needs on the device without gradient checkpointing, against the budget."""
-
-    resident_bytes: int  # weights already on the device + gradients and AdamW moments of the trainable ones
-    activation_bytes: int  # tensors saved for backward by one full step (measured on a probe row, scaled)
-    budget_bytes: int
-
-    @property
-    def fits(self) -> bool:
-        return self.resident_bytes + ACTIVATION_HEADROOM * self.activation_bytes <= self.budget_bytes
-
-    def describe(self) -> str:
-        gib = 1024**3
-        return (
-            f"{self.resident_bytes / gib:.1f} GiB resident + {ACTIVATION_HEADROOM} x "
-            f"{self.activation_bytes / gib:.1f} GiB activations vs a {self.budget_bytes / gib:.1f} GiB budget"
-        )
-
-
-def saved_activation_bytes(model, batch: dict[str, Any]) -> int:
-    """Bytes of the tensors autograd keeps for backward in one forward pass (each storage once).
-
-    Counted with saved-tensor hooks, so it is the same number on any device, needs no backward,
-    and sees what the attention kernel, Liger's fused loss or checkpointing actually keep.
-    """
-    storages: dict[int, int] = {}
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        output = model(**batch, use_cache=False)  # as in training: no KV cache, packed rows detected
-    del output
-    parameters = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    return sum(size for pointer, size in storages.items() if pointer not in parameters)
-
-
-def estimate_memory(
-    model, probe_batch: dict[str, Any], tokens_per_step: int, budget_gib: float | None = None
-) -> MemoryEstimate:
-    """Memory of a step of `tokens_per_step` tokens without checkpointing, from a probe batch's count.
-
-    Saved activations grow linearly with tokens (flash/sdpa attention keeps no seq x seq matrix),
-    so one short probe row predicts the full step. Budget: `budget_gib`, else 90% of the GPU.
-    """
-    probe_tokens = int(probe_batch["input_ids"].numel())
-    was_checkpointing = getattr(model, "is_activation_checkpointing", False)
-    if was_checkpointing:
-        model.activation_checkpointing_disable()
-    try:
-        per_token = saved_activation_bytes(model, probe_batch) / probe_tokens
-    finally:
-        if was_checkpointing:
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    device = probe_batch["input_ids"].device
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    if device.type == "cuda":
-        resident = torch.cuda.memory_allocated(device) + 3 * trainable  # + grads + two AdamW moments
-        total = torch.cuda.get_device_properties(device).total_memory
-    else:
-        resident = sum(p.numel() * p.element_size() for p in model.parameters()) + 3 * trainable
-        total = None
-    if budget_gib is not None:
-        budget = int(budget_gib * 1024**3)
-    elif total is not None:
-        budget = int(0.9 * total)
-    else:
-        raise ValueError("estimate_memory: give budget_gib when the model is not on a GPU")
-    return MemoryEstimate(resident, int(per_token * tokens_per_step), budget)
-
-
-def use_gradient_checkpointing(
-    options: TrainOptions, placement: Placement, estimate: MemoryEstimate | None = None
-) -> bool:
-    """on/off as asked; auto: never on the CPU (it only costs time), on a GPU only when memory needs it.
-
-    Without an estimate yet (before the model is loaded), auto on a GPU says on: the safe guess.
-    """
-    if options.gradient_checkpointing != "auto":
-        return options.gradient_checkpointing == "on"
-    if placement.device != "cuda":
-        return False
-    return estimate is None or not estimate.fits
 
 
 PACKED_SDPA = "packed_sdpa"
@@ -205,22 +118,23 @@ def register_packed_sdpa() -> str:
 
 
 def attention_implementation(placement: Placement) -> str:
-    """The attention kernel to train with; each keeps packed documents apart.
+    """The attention kernel to train packed rows with; each keeps packed documents apart.
 
-    flash-attention 2 (when installed, in half precision on CUDA) takes the document boundaries as
-    cu_seq_lens; on the CPU `packed_sdpa` cuts the packed row at them; otherwise sdpa gets the
-    block-diagonal mask transformers builds from the position ids.
+    flash-attention 2 (when transformers finds it usable: installed, a supported version, CUDA, half
+    precision) takes the document boundaries as cu_seq_lens; everywhere else `packed_sdpa` cuts the
+    packed row at them. Plain sdpa would attend over the whole flattened batch under a block-diagonal
+    mask: time quadratic in the batch's tokens, and activations no longer linear in them.
     """
+    from transformers.utils import is_flash_attn_2_available
+
     half = placement.precision in ("bf16", "fp16")
-    if placement.device == "cuda" and half and importlib.util.find_spec("flash_attn") is not None:
+    if placement.device == "cuda" and half and is_flash_attn_2_available():
         return "flash_attention_2"
-    if placement.device == "cpu":
-        return register_packed_sdpa()
-    return "sdpa"
+    return register_packed_sdpa()
 
 
 def use_liger(options: TrainOptions, placement: Placement) -> bool:
-    """Liger's fused kernels (RMSNorm, SwiGLU, RoPE, linear + cross-entropy): Triton, so CUDA only."""
+    """Liger's RMSNorm and SwiGLU kernels (`models.apply_liger`): Triton, so CUDA only."""
     if options.liger == "off" or placement.device != "cuda":
         return False
     installed = importlib.util.find_spec("liger_kernel") is not None
@@ -249,7 +163,9 @@ def trainer_arguments(options: TrainOptions, placement: Placement, output_dir: P
         use_cpu=placement.device == "cpu",
         activation_checkpointing=use_gradient_checkpointing(options, placement),  # = gradient checkpointing
         activation_checkpointing_kwargs={"use_reentrant": False},
-        use_liger_kernel=use_liger(options, placement),
+        # Liger goes on the model instance (models.apply_liger, with the trainer): the Trainer's own
+        # call would rebind it for every model of the family in the process.
+        use_liger_kernel=False,
         torch_compile=options.torch_compile,
         logging_steps=options.logging_steps,
         save_strategy="steps",
@@ -364,6 +280,8 @@ def sft_trainer(
     )
     if options.packing:  # the kernel that keeps packed documents apart at the least cost on this device
         model.set_attn_implementation(attention_implementation(placement))
+    if use_liger(options, placement):
+        models.apply_liger(model)
     return SFTTrainer(
         model=model,
         args=args,
@@ -371,30 +289,6 @@ def sft_trainer(
         processing_class=tokenizer,
         callbacks=callbacks,
     )
-
-
-def decide_checkpointing(trainer, options: TrainOptions, placement: Placement, max_length: int) -> bool:
-    """Settle `gradient_checkpointing: auto` on a GPU by measuring a packed row (`train.memory_budget_gb`).
-
-    The trainer's model is probed as it will train (Liger patched, attention kernel chosen); the
-    answer goes into the trainer's arguments and the model, which `freeze_and_apply_lora` may have
-    set up with the safe guess (on).
-    """
-    estimate = None
-    if options.gradient_checkpointing == "auto" and placement.device == "cuda":
-        probe = trainer.data_collator([trainer.train_dataset[0]])
-        probe = {k: v.to(placement.device) if isinstance(v, torch.Tensor) else v for k, v in probe.items()}
-        tokens_per_step = options.batch_size * max_length
-        with torch.autocast("cuda", dtype=placement.dtype, enabled=placement.precision != "fp32"):
-            estimate = estimate_memory(trainer.model, probe, tokens_per_step, options.memory_budget_gb)
-    checkpointing = use_gradient_checkpointing(options, placement, estimate)
-    if estimate is not None:
-        log.info("gradient checkpointing %s: %s", "on" if checkpointing else "off", estimate.describe())
-    # transformers 5 reads activation_checkpointing; gradient_checkpointing is its deprecated mirror.
-    trainer.args.activation_checkpointing = trainer.args.gradient_checkpointing = checkpointing
-    if not checkpointing and getattr(trainer.model, "is_activation_checkpointing", False):
-        trainer.model.activation_checkpointing_disable()
-    return checkpointing
 
 
 def train_sft(

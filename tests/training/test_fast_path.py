@@ -11,6 +11,7 @@ import torch
 
 from tasks.core import models
 from tasks.core.config import ConfigError
+from tasks.training import memory
 from tasks.training import trainer as training
 from tasks.training.options import TrainOptions
 
@@ -109,7 +110,7 @@ def test_default_sft_trainer_on_the_cpu_is_packed_padding_free_without_checkpoin
     rows = [{"input_ids": ids, "completion_mask": [0] * 3 + [1] * (len(ids) - 3)} for ids in documents(tokenizer)] * 4
     options = TrainOptions(max_steps=1, save_steps=10)
     trainer = training.sft_trainer(lora, tokenizer, rows, options, CPU, tmp_path, max_length=64)
-    assert training.decide_checkpointing(trainer, options, CPU, 64) is False
+    assert memory.decide_checkpointing(trainer, options, CPU, 64) is False
     assert lora.config._attn_implementation == training.PACKED_SDPA
     args = trainer.args
     assert (args.bf16, args.fp16, args.activation_checkpointing, args.use_liger_kernel) == (False, False, False, False)
@@ -119,7 +120,7 @@ def test_default_sft_trainer_on_the_cpu_is_packed_padding_free_without_checkpoin
     assert len(starts) == len(rows)  # every row begins again at position 0
     forced = replace(options, gradient_checkpointing="on")
     assert (
-        training.decide_checkpointing(
+        memory.decide_checkpointing(
             training.sft_trainer(lora, tokenizer, rows, forced, CPU, tmp_path, 64), forced, CPU, 64
         )
         is True
@@ -132,15 +133,15 @@ def test_default_sft_trainer_on_the_cpu_is_packed_padding_free_without_checkpoin
 
 def test_gradient_checkpointing_by_device_and_memory():
     auto = TrainOptions()
-    assert training.use_gradient_checkpointing(auto, CPU) is False  # on the CPU it only costs time
-    assert training.use_gradient_checkpointing(auto, GPU) is True  # no estimate yet: the safe guess
-    fits = training.MemoryEstimate(resident_bytes=4 << 30, activation_bytes=20 << 30, budget_bytes=40 << 30)
-    tight = training.MemoryEstimate(resident_bytes=4 << 30, activation_bytes=40 << 30, budget_bytes=40 << 30)
+    assert memory.use_gradient_checkpointing(auto, CPU) is False  # on the CPU it only costs time
+    assert memory.use_gradient_checkpointing(auto, GPU) is True  # no estimate yet: the safe guess
+    fits = memory.MemoryEstimate(resident_bytes=4 << 30, activation_bytes=20 << 30, budget_bytes=40 << 30)
+    tight = memory.MemoryEstimate(resident_bytes=4 << 30, activation_bytes=40 << 30, budget_bytes=40 << 30)
     assert fits.fits and not tight.fits
-    assert training.use_gradient_checkpointing(auto, GPU, fits) is False
-    assert training.use_gradient_checkpointing(auto, GPU, tight) is True
-    assert training.use_gradient_checkpointing(TrainOptions(gradient_checkpointing="on"), CPU) is True
-    assert training.use_gradient_checkpointing(TrainOptions(gradient_checkpointing="off"), GPU, tight) is False
+    assert memory.use_gradient_checkpointing(auto, GPU, fits) is False
+    assert memory.use_gradient_checkpointing(auto, GPU, tight) is True
+    assert memory.use_gradient_checkpointing(TrainOptions(gradient_checkpointing="on"), CPU) is True
+    assert memory.use_gradient_checkpointing(TrainOptions(gradient_checkpointing="off"), GPU, tight) is False
 
 
 def test_liger_precision_and_attention_by_device(tmp_path):
@@ -156,9 +157,11 @@ def test_liger_precision_and_attention_by_device(tmp_path):
     cpu_args = training.trainer_arguments(TrainOptions(), CPU, tmp_path)
     assert not cpu_args["bf16"] and cpu_args["use_cpu"] and not cpu_args["activation_checkpointing"]
     assert training.attention_implementation(CPU) == training.PACKED_SDPA
-    flash = training.importlib.util.find_spec("flash_attn") is not None
-    assert training.attention_implementation(GPU) == ("flash_attention_2" if flash else "sdpa")
-    assert training.attention_implementation(models.Placement("cuda", "fp32")) == "sdpa"
+    from transformers.utils import is_flash_attn_2_available
+
+    flash = is_flash_attn_2_available()
+    assert training.attention_implementation(GPU) == ("flash_attention_2" if flash else training.PACKED_SDPA)
+    assert training.attention_implementation(models.Placement("cuda", "fp32")) == training.PACKED_SDPA
     with pytest.raises(ConfigError, match="train.memory_budget_gb"):
         TrainOptions(memory_budget_gb=0)
 
@@ -173,14 +176,14 @@ def test_memory_probe_counts_saved_activations(tiny):
     def batch(n: int) -> dict:
         return {"input_ids": torch.tensor([ids[:n]]), "labels": torch.tensor([ids[:n]])}
 
-    short, long = training.saved_activation_bytes(lora, batch(48)), training.saved_activation_bytes(lora, batch(96))
+    short, long = memory.saved_activation_bytes(lora, batch(48)), memory.saved_activation_bytes(lora, batch(96))
     assert 1.7 < long / short < 2.3
     lora.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     lora.enable_input_require_grads()
-    checkpointed = training.saved_activation_bytes(lora, batch(96))
+    checkpointed = memory.saved_activation_bytes(lora, batch(96))
     assert checkpointed < long / 2
-    estimate = training.estimate_memory(lora, batch(48), tokens_per_step=96, budget_gib=1.0)
+    estimate = memory.estimate_memory(lora, batch(48), tokens_per_step=96, budget_gib=1.0)
     assert lora.is_activation_checkpointing  # the probe measured without it and put it back
     assert abs(estimate.activation_bytes - long) / long < 0.15
     assert estimate.fits  # a 2-layer model in a 1 GiB budget
-    assert not training.estimate_memory(lora, batch(48), tokens_per_step=96, budget_gib=1e-6).fits
+    assert not memory.estimate_memory(lora, batch(48), tokens_per_step=96, budget_gib=1e-6).fits
