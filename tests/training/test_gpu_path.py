@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tasks import publishing
 from tasks.core import models
 from tasks.core.config import PROJECT_ROOT, load_config
-from tasks.publishing import publish
+from tasks.publishing import verify
+from tasks.publishing.verify import LOGITS_TOLERANCE
 from tasks.training import dpo, memory
 from tasks.training import trainer as training
 from tasks.training.options import LoraFinetuneConfig, PublishOptions, TrainOptions
@@ -89,7 +91,7 @@ def test_half_precision_training_then_the_flows_evaluate_and_verify_steps(tiny_m
     frozen = {p.dtype for name, p in model.named_parameters() if "lora_" not in name}
     assert frozen == {placement.dtype}  # the norms too: an fp32 norm feeds fp32 into a half Linear
 
-    folder = publish.save_adapter(model, tokenizer, tmp_path / "adapter", base_path, None, "lora-finetune", "run")
+    folder = publishing.save_adapter(model, tokenizer, tmp_path / "adapter", base_path, None, "lora-finetune", "run")
     reloads = []
     real_load = models.load_causal_lm
 
@@ -98,19 +100,19 @@ def test_half_precision_training_then_the_flows_evaluate_and_verify_steps(tiny_m
         return real_load(*args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(models, "load_causal_lm", spy)
+        patch.setattr(verify, "load_causal_lm", spy)  # the name verification reloads with
         verified = reload_and_verify.fn(
             f"file://{folder}", model, tokenizer, base_path, TEXTS[:2], PublishOptions(), token=None
         )
     assert verified.passed, verified.reason
     assert reloads[0].get("attn_implementation") == trained_attention
-    assert verified.max_abs_logit_diff <= publish.LOGITS_TOLERANCE[precision]
+    assert verified.max_abs_logit_diff <= LOGITS_TOLERANCE[precision]
 
 
 def test_default_tolerance_follows_the_precision():
     assert PublishOptions().logits_tolerance is None  # resolved per precision by verification
-    assert publish.LOGITS_TOLERANCE["fp32"] == 1e-4  # the fp32 default is what it always was
-    assert publish.LOGITS_TOLERANCE["fp16"] < publish.LOGITS_TOLERANCE["bf16"]  # fp16 keeps 3 more bits
+    assert LOGITS_TOLERANCE["fp32"] == 1e-4  # the fp32 default is what it always was
+    assert LOGITS_TOLERANCE["fp16"] < LOGITS_TOLERANCE["bf16"]  # fp16 keeps 3 more bits
     assert PublishOptions(logits_tolerance=1e-3).logits_tolerance == 1e-3
 
 
