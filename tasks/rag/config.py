@@ -13,8 +13,8 @@ from typing import Literal
 from tasks.chat import ChatModelOptions
 from tasks.core.config import option, require
 from tasks.rag.pdfs import FetchOptions, PdfError, display_name
-from tasks.rag.splitters import SPLITTERS
-from tasks.rag.stores import STORES
+from tasks.rag.splitters import DEFAULT_SPLITTER, SPLITTERS
+from tasks.rag.stores import DEFAULT_KIND, STORES
 
 # The choices come from the registries, so a new store or splitter needs no change here.
 StoreKindName = Literal[tuple(STORES)]
@@ -28,7 +28,7 @@ def _one_of(names) -> str:
 @dataclass
 class StoreOptions:
     kind: StoreKindName = option(
-        "milvus", help="vector store: milvus (Lite file or server) or weaviate (server URL, or embedded)"
+        DEFAULT_KIND, help="vector store: milvus (Lite file or server) or weaviate (server URL, or embedded)"
     )
     uri: str | None = option(
         None,
@@ -60,7 +60,7 @@ class StoreOptions:
 @dataclass
 class ChunkOptions:
     splitter: SplitterName = option(
-        "recursive",
+        DEFAULT_SPLITTER,
         help="recursive: RecursiveCharacterTextSplitter (paragraphs, lines, sentences, words); "
         "character: CharacterTextSplitter on one separator (the original design)",
     )

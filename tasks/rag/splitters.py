@@ -39,6 +39,7 @@ SPLITTERS: dict[str, Callable[[ChunkOptions], TextSplitter]] = {
     "recursive": recursive,
     "character": character,
 }
+DEFAULT_SPLITTER = "recursive"
 
 
 def make_splitter(options: ChunkOptions) -> TextSplitter:

@@ -23,6 +23,7 @@ STORES: dict[str, StoreKind] = {
     "milvus": milvus.STORE,
     "weaviate": weaviate.STORE,
 }
+DEFAULT_KIND = "milvus"  # a Milvus Lite file: embedded, nothing to install or start
 
 
 def open_store(options: StoreOptions, embeddings: Embeddings) -> OpenStore:
@@ -44,4 +45,13 @@ def records_path(options: StoreOptions) -> Path:
     return path
 
 
-__all__ = ["STORES", "OpenStore", "StoreKind", "StoreUnavailable", "index_location", "open_store", "records_path"]
+__all__ = [
+    "DEFAULT_KIND",
+    "STORES",
+    "OpenStore",
+    "StoreKind",
+    "StoreUnavailable",
+    "index_location",
+    "open_store",
+    "records_path",
+]
