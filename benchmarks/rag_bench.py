@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     import tasks  # noqa: F401
     from flows.pdf_index import pdf_index
     from tasks.core.config import load_config
-    from tasks.rag import query as rag
+    from tasks.rag import evaluation, retrieval
+    from tasks.rag.config import RagConfig
 
     results: dict = {
         "machine": f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     # 2. quality: every question file whose PDF is here, under each pipeline
     qa_files = {}
     for qa in sorted(QA_DIR.glob("*.jsonl")):
-        questions, errors = rag.load_questions(str(qa))
+        questions, errors = evaluation.load_questions(str(qa))
         names = sorted({json.loads(line)["source"] for line in qa.read_text().splitlines() if line.strip()})
         paths = [pdf_path(n, pdfs) for n in names]
         if errors or not all(paths):
@@ -140,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, (index_overrides, rag_overrides) in PIPELINES.items():
         started = time.perf_counter()
         pdf_index(config="configs/pdf_index.yaml", overrides=index_overrides, sources=corpus)
-        config = load_config(rag.RagConfig, "configs/rag.yaml", rag_overrides)
+        config = load_config(RagConfig, "configs/rag.yaml", rag_overrides)
         scores = {}
         for qa_name, (questions, _) in qa_files.items():
-            scored = rag.evaluate_retrieval(questions, config, k=5)
+            scored = evaluation.evaluate_retrieval(questions, config, k=5)
             scores[qa_name] = {
                 key: scored[key] for key in ("questions", "hit_at_k", "mrr", "mean_chunk_chars", "page_hit_at_k")
             }
@@ -156,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     queries = [questions[i % len(questions)] for i in range(args.queries)]
     results["latency"] = {}
     for label, overrides in (("hybrid (ours)", []), ("vector only (baseline)", ["retrieval.mode=vector"])):
-        config = load_config(rag.RagConfig, "configs/rag.yaml", overrides)
-        rag.retrieve(queries[0], config, 5)  # warm: model and index loaded
+        config = load_config(RagConfig, "configs/rag.yaml", overrides)
+        retrieval.retrieve(queries[0], config, 5)  # warm: model and index loaded
         times = []
         for query in queries:
             started = time.perf_counter()
-            rag.retrieve(query, config, 5)
+            retrieval.retrieve(query, config, 5)
             times.append(time.perf_counter() - started)
         results["latency"][label] = {
             "queries": len(times),

@@ -3,6 +3,7 @@
 Other areas use only what is named here.
 """
 
-from tasks.rag.query import RagConfig, answer_question
+from tasks.rag.answer import answer_question
+from tasks.rag.config import RagConfig
 
 __all__ = ["RagConfig", "answer_question"]

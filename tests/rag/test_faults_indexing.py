@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from tasks.core.config import load_config
-from tasks.rag import indexing, pdfs
-from tasks.rag.indexing import PdfIndexConfig
+from tasks.rag import chunking, pdfs
+from tasks.rag.config import PdfIndexConfig
 from tasks.rag.pdfs import FetchOptions, PdfError
 from tests.doubles.flaky_http import FlakyServer
 from tests.support.processes import child_env, kill_group, run_flow, start_flow, wait_for
@@ -116,7 +116,7 @@ def expected_chunk_ids(folder: Path, overrides: list[str]) -> dict[str, set[str]
     expected = {}
     for path in sorted(folder.glob("*.pdf")):
         source = str(path.resolve())
-        chunks = indexing.chunk_document(pdfs.extract_pdf(path.read_bytes(), source), config.chunk)
+        chunks = chunking.chunk_document(pdfs.extract_pdf(path.read_bytes(), source), config.chunk)
         expected[source] = {c.metadata["chunk_id"] for c in chunks}
     return expected
 

@@ -8,8 +8,9 @@ import shutil
 import pytest
 
 from tasks.core.config import load_config
-from tasks.rag import indexing, pdfs
-from tasks.rag.indexing import ChunkOptions, PdfIndexConfig
+from tasks.rag import chunking, embeddings, indexing, keywords, pdfs, stores
+from tasks.rag.catalog import Catalog
+from tasks.rag.config import ChunkOptions, EmbeddingOptions, PdfIndexConfig
 from tests.support.rag import BAD_PDFS, GOOD_PDFS, by_name, count_vectors, pdf_folder, store_overrides
 
 CONFIG = "configs/pdf_index.yaml"
@@ -27,7 +28,7 @@ def multicolumn(sample_data):
 @pytest.mark.parametrize("splitter", ["recursive", "character"])
 def test_chunks_keep_source_page_and_size(multicolumn, splitter):
     options = ChunkOptions(splitter=splitter, size=400, overlap=50, separator="\n")
-    chunks = indexing.chunk_document(multicolumn, options)
+    chunks = chunking.chunk_document(multicolumn, options)
     assert len(chunks) > 10
     assert {c.metadata["page"] for c in chunks} == {1, 2, 3}
     assert all(c.metadata["source"] == multicolumn.source for c in chunks)
@@ -38,7 +39,7 @@ def test_chunks_keep_source_page_and_size(multicolumn, splitter):
 
 def test_character_splitter_with_langchains_default_separator_keeps_whole_pages(multicolumn):
     # The original design's behaviour: "\n\n" never occurs in pypdf's page text, so pages stay whole.
-    chunks = indexing.chunk_document(
+    chunks = chunking.chunk_document(
         multicolumn, ChunkOptions(splitter="character", size=1000, overlap=200, separator="\n\n")
     )
     assert len(chunks) == 3 and all(len(c.page_content) > 1000 for c in chunks[:2])
@@ -54,18 +55,18 @@ def test_chunk_options_are_checked():
 
 
 def test_keyword_terms_drop_stopwords_and_match_inflections():
-    assert indexing.keyword_terms("Was ist der Sierpińskiraum?") == ['"sierpińskira"*']
-    assert indexing.keyword_terms('What are the "properties" of it in 2024?') == ['"properti"*', '"2024"']
-    assert indexing.keyword_terms("the of and") == []
+    assert keywords.keyword_terms("Was ist der Sierpińskiraum?") == ['"sierpińskira"*']
+    assert keywords.keyword_terms('What are the "properties" of it in 2024?') == ['"properti"*', '"2024"']
+    assert keywords.keyword_terms("the of and") == []
 
 
 def test_fingerprint_changes_with_file_chunking_and_model():
-    chunk, embed = ChunkOptions(), indexing.EmbeddingOptions()
+    chunk, embed = ChunkOptions(), EmbeddingOptions()
     base = indexing.fingerprint("aa", chunk, embed)
-    assert base == indexing.fingerprint("aa", ChunkOptions(), indexing.EmbeddingOptions())
+    assert base == indexing.fingerprint("aa", ChunkOptions(), EmbeddingOptions())
     assert base != indexing.fingerprint("ab", chunk, embed)
     assert base != indexing.fingerprint("aa", ChunkOptions(size=700), embed)
-    assert base != indexing.fingerprint("aa", chunk, indexing.EmbeddingOptions(model="/other/model"))
+    assert base != indexing.fingerprint("aa", chunk, EmbeddingOptions(model="/other/model"))
 
 
 # --- the pdf-index flow -----------------------------------------------------------------------
@@ -130,28 +131,26 @@ def test_index_lifecycle_bad_inputs_unchanged_replaced_deleted(prefect_harness, 
 def test_an_interrupted_run_is_finished_without_duplicates(prefect_harness, sample_data, tmp_path):
     from langchain_classic.indexes import index
 
-    from tasks.rag import vectorstores
-
     docs = pdf_folder(sample_data, tmp_path / "docs", ["pdflatex-4-pages.pdf"])
     overrides = store_overrides(tmp_path)
     config = load_config(PdfIndexConfig, CONFIG, overrides)
     source = str((docs / "pdflatex-4-pages.pdf").resolve())
     doc = pdfs.extract_pdf((docs / "pdflatex-4-pages.pdf").read_bytes(), source)
-    chunks = indexing.chunk_document(doc, config.chunk)
+    chunks = chunking.chunk_document(doc, config.chunk)
     # A crash after the first half of the chunks reached the store and the record manager:
-    store = vectorstores.make_vector_store(config.store, indexing.make_embeddings(config.embeddings))
-    records = vectorstores.records_path(config.store)
-    catalog = indexing.Catalog(records, config.store.collection)
+    store = stores.open_store(config.store, embeddings.make_embeddings(config.embeddings))
+    records = stores.records_path(config.store)
+    catalog = Catalog(records, config.store.collection)
     catalog.begin(source)
     index(
         chunks[: len(chunks) // 2],
         indexing.make_record_manager(records, config.store.collection),
-        store,
+        store.vectors,
         cleanup=None,
         source_id_key="source",
         key_encoder=indexing.KEY_ENCODER,
     )
-    vectorstores.persist(store)
+    store.flush()
     assert count_vectors(str(tmp_path / "index.db")) == len(chunks) // 2
 
     report = run_index(docs, overrides)["pdflatex-4-pages.pdf"]

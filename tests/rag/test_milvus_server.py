@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tasks.core.config import load_config
-from tasks.rag import query as rag
+from tasks.rag import retrieval
+from tasks.rag.config import RagConfig
 from tests.support.rag import by_name, count_vectors, pdf_folder
 
 COMPONENTS = ("rootCoord", "proxy", "queryCoord", "queryNode", "indexCoord", "indexNode", "dataCoord", "dataNode")
@@ -80,8 +81,8 @@ def test_index_retrieve_and_reindex_on_a_milvus_server(prefect_harness, milvus_s
     chunks = sum(r["chunks"] for r in first.values())
     assert count_vectors(milvus_server, "server_test") == chunks  # flushed by the flow
 
-    config = load_config(rag.RagConfig, "configs/rag.yaml", overrides)
-    sources = rag.retrieve("What is the capital of Finland?", config, k=3)
+    config = load_config(RagConfig, "configs/rag.yaml", overrides)
+    sources = retrieval.retrieve("What is the capital of Finland?", config, k=3)
     assert sources[0]["source"].endswith("multicolumn.pdf") and "Helsinki" in sources[0]["text"]
 
     (docs / "crazyones-pdfa.pdf").unlink()

@@ -8,8 +8,9 @@ import re
 import pytest
 
 from tasks.core.config import load_config
-from tasks.rag import query as rag
-from tasks.rag.query import RagConfig, RagError
+from tasks.rag import answer, retrieval
+from tasks.rag.config import RagConfig
+from tasks.rag.retrieval import RagError
 from tests.doubles.ollama_server import OllamaServer
 from tests.support.rag import pdf_folder
 
@@ -35,7 +36,7 @@ def config_for(indexed, *more: str) -> RagConfig:
 
 
 def test_hybrid_retrieval_finds_the_page_with_the_answer(indexed):
-    sources = rag.retrieve("What is the capital of Finland?", config_for(indexed), k=5)
+    sources = retrieval.retrieve("What is the capital of Finland?", config_for(indexed), k=5)
     assert len(sources) == 5
     assert all(set(s) == {"source", "page", "chunk_id", "score", "text"} for s in sources)
     assert sources[0]["source"].endswith("multicolumn.pdf") and sources[0]["page"] == 3
@@ -46,7 +47,7 @@ def test_hybrid_retrieval_finds_the_page_with_the_answer(indexed):
 @pytest.mark.parametrize("mode, search", [("vector", "similarity"), ("vector", "mmr"), ("keyword", "similarity")])
 def test_each_retriever_alone(indexed, mode, search):
     config = config_for(indexed, f"retrieval.mode={mode}", f"retrieval.search={search}")
-    sources = rag.retrieve("Which text says errors should never pass silently?", config, k=3)
+    sources = retrieval.retrieve("Which text says errors should never pass silently?", config, k=3)
     assert len(sources) == 3 and len({s["chunk_id"] for s in sources}) == 3
     assert any("Errors should never pass silently" in s["text"] for s in sources)
 
@@ -54,27 +55,27 @@ def test_each_retriever_alone(indexed, mode, search):
 def test_an_empty_index_is_a_clear_error(tmp_path):
     config = load_config(RagConfig, RAG_CONFIG, [f"store.uri={tmp_path / 'empty.db'}"])
     with pytest.raises(RagError, match="holds no documents yet: run python -m flows.pdf_index"):
-        rag.retrieve("anything?", config)
+        retrieval.retrieve("anything?", config)
 
 
 def test_citations_are_added_when_the_model_gives_none():
     sources = [{"source": "/d/a.pdf", "page": 3}, {"source": "/d/a.pdf", "page": 3}, {"source": "/d/b.pdf", "page": 1}]
-    assert rag.with_citations("Paris.", sources) == "Paris.\n\nSources: [a.pdf p.3] [b.pdf p.1]"
-    assert rag.with_citations("Paris [a.pdf p.3].", sources) == "Paris [a.pdf p.3]."
-    assert rag.with_citations(rag.NOT_IN_CONTEXT, sources) == rag.NOT_IN_CONTEXT
+    assert answer.with_citations("Paris.", sources) == "Paris.\n\nSources: [a.pdf p.3] [b.pdf p.1]"
+    assert answer.with_citations("Paris [a.pdf p.3].", sources) == "Paris [a.pdf p.3]."
+    assert answer.with_citations(answer.NOT_IN_CONTEXT, sources) == answer.NOT_IN_CONTEXT
 
 
 def test_prompt_tells_the_model_to_use_the_context_only():
-    messages = rag.make_prompt().format_messages(context="(1) [a.pdf p.2]\nThe sky is green.", question="Sky?")
+    messages = answer.make_prompt().format_messages(context="(1) [a.pdf p.2]\nThe sky is green.", question="Sky?")
     system = messages[0].text
-    assert "only the context" in system and rag.NOT_IN_CONTEXT in system and "[a.pdf p.2]" in system
+    assert "only the context" in system and answer.NOT_IN_CONTEXT in system and "[a.pdf p.2]" in system
     assert messages[1].text == "Sky?"
 
 
 def test_answer_with_the_local_model(indexed, tiny_model_dir):
     config = config_for(indexed, f"llm.model={tiny_model_dir}", "llm.max_new_tokens=8")
     # k=1: the tiny test model's context (1,024 tokens of a byte-level vocabulary) holds one chunk.
-    result = rag.answer_question("What is the capital of Finland?", config, k=1)
+    result = answer.answer_question("What is the capital of Finland?", config, k=1)
     assert len(result["sources"]) == 1
     assert "[multicolumn.pdf p.3]" in result["answer"]
 
@@ -99,7 +100,7 @@ def test_rag_query_through_ollama_over_http(indexed, ollama_server):
         f"llm.base_url={ollama_server.url}",
         "llm.max_new_tokens=48",
     )
-    result = rag.answer_question("What is the capital of Finland?", config, k=3)
+    result = answer.answer_question("What is the capital of Finland?", config, k=3)
     assert result["answer"].strip()
     assert "[multicolumn.pdf p.3]" in result["answer"]  # cited by the model or appended from the sources
 
@@ -113,7 +114,7 @@ def test_index_and_retrieve_with_ollama_embeddings(prefect_harness, sample_data,
     reports = pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)])
     assert {r["status"] for r in reports} == {"indexed"}
     config = load_config(RagConfig, RAG_CONFIG, overrides + ["retrieval.mode=vector"])
-    sources = rag.retrieve("Who are the misfits and rebels?", config, k=1)
+    sources = retrieval.retrieve("Who are the misfits and rebels?", config, k=1)
     assert sources[0]["source"].endswith("crazyones-pdfa.pdf")
 
 

@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from tasks.core.config import load_config
-from tasks.rag import query as rag
+from tasks.rag import retrieval
+from tasks.rag.config import RagConfig
 from tests.support.rag import by_name, pdf_folder
 
 WEAVIATE_URL = os.environ.get("WEAVIATE_URL")
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.skipif(not WEAVIATE_URL, reason="WEAVIATE_URL is not se
 
 def test_index_and_retrieve_on_weaviate(prefect_harness, sample_data, tmp_path):
     from flows.pdf_index import pdf_index
-    from tasks.rag import vectorstores
+    from tasks.rag.stores import weaviate
 
     collection = f"Ftllm_test_{uuid.uuid4().hex[:8]}"
     docs = pdf_folder(sample_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
@@ -30,17 +31,17 @@ def test_index_and_retrieve_on_weaviate(prefect_harness, sample_data, tmp_path):
         f"store.collection={collection}",
         f"store.records={tmp_path / 'records.db'}",
     ]
-    config = load_config(rag.RagConfig, "configs/rag.yaml", overrides)
+    config = load_config(RagConfig, "configs/rag.yaml", overrides)
     try:
         first = by_name(pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)]))
         assert {r["status"] for r in first.values()} == {"indexed"}
-        sources = rag.retrieve("What is the capital of Finland?", config, k=3)
+        sources = retrieval.retrieve("What is the capital of Finland?", config, k=3)
         assert sources[0]["source"].endswith("multicolumn.pdf") and "Helsinki" in sources[0]["text"]
         (docs / "crazyones-pdfa.pdf").unlink()
         second = by_name(pdf_index(config="configs/pdf_index.yaml", overrides=overrides, sources=[str(docs)]))
         assert second["crazyones-pdfa.pdf"]["status"] == "deleted"
     finally:
-        rag.close_index()
-        client = vectorstores.connect_weaviate(config.store)
-        client.collections.delete(vectorstores.weaviate_class_name(collection))
+        retrieval.close_index()
+        client = weaviate.connect(config.store)
+        client.collections.delete(weaviate.class_name(collection))
         client.close()

@@ -25,7 +25,7 @@ def dpo_config(overrides):
 
 
 def index_config(overrides):
-    from tasks.rag.indexing import PdfIndexConfig
+    from tasks.rag.config import PdfIndexConfig
 
     return load_config(PdfIndexConfig, "configs/pdf_index.yaml", overrides)
 

@@ -15,8 +15,9 @@ import time
 import pytest
 
 from tasks.core.config import load_config
-from tasks.rag import indexing, pdfs, vectorstores
-from tasks.rag import query as rag
+from tasks.rag import chunking, embeddings, indexing, pdfs, retrieval, stores
+from tasks.rag.catalog import Catalog
+from tasks.rag.config import PdfIndexConfig, RagConfig
 from tests.support.processes import ROOT, child_env, run_flow, wait_for
 from tests.support.rag import count_vectors
 
@@ -46,18 +47,18 @@ def milvus_server(tmp_path):
 
 def index_one_pdf(path, overrides: list[str]) -> int:
     """Index one PDF with the flow's own functions; returns its chunk count."""
-    config = load_config(indexing.PdfIndexConfig, "configs/pdf_index.yaml", overrides)
+    config = load_config(PdfIndexConfig, "configs/pdf_index.yaml", overrides)
     source = str(path.resolve())
     doc = pdfs.extract_pdf(path.read_bytes(), source)
-    chunks = indexing.chunk_document(doc, config.chunk)
-    store = vectorstores.make_vector_store(config.store, indexing.make_embeddings(config.embeddings))
-    records = vectorstores.records_path(config.store)
-    catalog = indexing.Catalog(records, config.store.collection)
+    chunks = chunking.chunk_document(doc, config.chunk)
+    store = stores.open_store(config.store, embeddings.make_embeddings(config.embeddings))
+    records = stores.records_path(config.store)
+    catalog = Catalog(records, config.store.collection)
     fingerprint = indexing.fingerprint(doc.sha256, config.chunk, config.embeddings)
     report = indexing.upsert_document(
-        doc, chunks, fingerprint, store, indexing.make_record_manager(records, config.store.collection), catalog
+        doc, chunks, fingerprint, store.vectors, indexing.make_record_manager(records, config.store.collection), catalog
     )
-    vectorstores.persist(store)  # flushed: this is what must survive the restart
+    store.flush()  # flushed: this is what must survive the restart
     catalog.close()
     assert report.status == "indexed"
     return len(chunks)
@@ -89,9 +90,9 @@ def test_queries_resume_after_the_milvus_server_restarts(milvus_server, sample_d
     url = f"http://127.0.0.1:{milvus_server.config.get('proxy_port')}"
     overrides = [f"store.uri={url}", "store.collection=restart_test", f"store.records={tmp_path / 'records.db'}"]
     chunks = index_one_pdf(sample_data / "pdfs" / "multicolumn.pdf", overrides)
-    config = load_config(rag.RagConfig, "configs/rag.yaml", overrides)
+    config = load_config(RagConfig, "configs/rag.yaml", overrides)
     question = "What is the capital of Finland?"
-    before = rag.retrieve(question, config, k=3)  # the session's store and client are cached from here on
+    before = retrieval.retrieve(question, config, k=3)  # the session's store and client are cached from here on
     assert "Helsinki" in before[0]["text"]
 
     crash_and_restart(milvus_server)
@@ -99,7 +100,7 @@ def test_queries_resume_after_the_milvus_server_restarts(milvus_server, sample_d
 
     def query_again():
         try:
-            return rag.retrieve(question, config, k=3)
+            return retrieval.retrieve(question, config, k=3)
         except Exception:
             return None
 

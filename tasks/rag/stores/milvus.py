@@ -1,0 +1,124 @@
+"""Milvus: a Lite file (the default, `FTLLM_DATA_DIR/rag/index.db`: embedded, persistent across
+restarts) or a server or cluster URL (`http://127.0.0.1:19530`), the same code.
+
+Its record store sits beside a Lite file (`index-records.db` for `index.db`), or under
+`FTLLM_DATA_DIR/rag/` for a server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.core.config import data_dir, require
+from tasks.rag.stores.base import OpenStore, StoreKind, StoreUnavailable, is_server_uri, server_records, token
+
+if TYPE_CHECKING:
+    from langchain_core.documents import Document
+    from langchain_core.embeddings import Embeddings
+
+    from tasks.rag.config import StoreOptions
+
+
+def check(options: StoreOptions) -> None:
+    if options.uri and "://" in options.uri:
+        require(
+            is_server_uri(options.uri), "store.uri", f"milvus takes a file path or an http(s) URL, got {options.uri!r}"
+        )
+
+
+def location(options: StoreOptions) -> str:
+    """The server URL as configured, or the Lite file made absolute."""
+    if is_server_uri(options.uri):
+        return options.uri
+    path = Path(options.uri).expanduser() if options.uri else data_dir() / "rag" / "index.db"
+    return str(path.resolve())
+
+
+def default_records(options: StoreOptions) -> Path:
+    if is_server_uri(options.uri):
+        return server_records(options)
+    index_file = Path(location(options))
+    return index_file.with_name(f"{index_file.stem}-records.db")
+
+
+def open_milvus(options: StoreOptions, embeddings: Embeddings) -> OpenStore:
+    from pymilvus.exceptions import MilvusException
+
+    where = location(options)
+    server = is_server_uri(where)
+    connection: dict[str, Any] = {"uri": where}
+    if secret := token(options):
+        connection["token"] = secret
+    if not server:
+        Path(where).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        vectors = _idempotent_milvus()(
+            embedding_function=embeddings,
+            collection_name=options.collection,
+            connection_args=connection,
+            # Normalized embeddings, cosine similarity: scores read as similarities in [-1, 1].
+            index_params={
+                "metric_type": "COSINE",
+                "index_type": "HNSW" if server else "FLAT",
+                **({"params": {"M": 16, "efConstruction": 200}} if server else {}),
+            },
+            search_params={"metric_type": "COSINE", **({"params": {"ef": 64}} if server else {})},
+            auto_id=False,
+            # Strong reads: a query right after an upsert sees it (the default, Session, is per client).
+            consistency_level="Strong",
+        )
+    except MilvusException as error:
+        raise StoreUnavailable(_unavailable(where, server, error.message)) from None
+    return OpenStore(vectors, flush=lambda: _flush(vectors), close=lambda: _close(vectors, where, server))
+
+
+def _unavailable(where: str, server: bool, reason: str) -> str:
+    if server:
+        return f"Milvus server {where} cannot be reached or refused the connection ({reason}); is it running?"
+    # Milvus Lite serves a file to one process at a time.
+    return (
+        f"the Milvus Lite index {where} cannot be opened ({reason}); another "
+        "process (a chat app, a running pdf-index or rag-query) may have it open: Milvus "
+        "Lite allows one process per file. Stop it, or use a Milvus server "
+        "(store.uri=http://127.0.0.1:19530) for concurrent use"
+    )
+
+
+def _idempotent_milvus():
+    from langchain_milvus import Milvus
+
+    # Subclassed because LangChain's index() calls add_documents on the store it is given.
+    class IdempotentMilvus(Milvus):
+        """Milvus whose add_documents upserts when given ids.
+
+        LangChain's `index()` adds a batch, then records it. Milvus does not enforce unique primary
+        keys, so a plain insert retried after a crash between those two steps would store each
+        chunk twice; an upsert makes the retry harmless.
+        """
+
+        def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
+            ids = kwargs.get("ids")
+            if ids and self.client.has_collection(self.collection_name):
+                self.upsert(ids=list(ids), documents=documents)
+                return list(ids)
+            return super().add_documents(documents, **kwargs)
+
+    return IdempotentMilvus
+
+
+def _flush(vectors) -> None:
+    """A server killed before flushing loses unflushed rows."""
+    if vectors.client.has_collection(vectors.collection_name):
+        vectors.client.flush(vectors.collection_name)
+
+
+def _close(vectors, where: str, server: bool) -> None:
+    vectors.client.close()
+    if not server:  # stop the Lite file server too, so that another process can open the file
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(where)
+
+
+STORE = StoreKind(open=open_milvus, location=location, default_records=default_records, check=check)
