@@ -8,6 +8,7 @@ from pathlib import Path
 from tasks.chat.sampling import SamplingSettings
 from tasks.core.config import option, require
 from tasks.core.defaults import SMOLLM2_PYPI
+from tasks.publishing import ADAPTER_SCHEMES
 
 
 @dataclass
@@ -45,12 +46,11 @@ class ChatAppConfig:
         [SMOLLM2_PYPI],
         help="choices offered in the model picker (the first is "
         "the default): model names (Hub id, folder, pypi:PACKAGE/FILE.gguf) or "
-        "adapter publish URIs (hf://, mlflow://, file://)",
+        f"adapter publish URIs ({ADAPTER_SCHEMES})",
     )
     list_registry: bool = option(
         True,
-        help="also offer every adapter version in the MLflow Model Registry "
-        "(mlflow://NAME/VERSION), refreshed on each page load",
+        help="also offer every adapter version in the MLflow Model Registry, refreshed on each page load",
     )
     registry_versions: int = option(3, help="newest versions offered per registered model")
     documents: str | None = option(

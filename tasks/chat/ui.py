@@ -28,6 +28,7 @@ from tasks.chat.choices import DOCUMENTS, labelled_choices, model_choices
 from tasks.chat.config import ChatAppConfig
 from tasks.chat.sampling import SETTINGS, SamplingSettings
 from tasks.chat.service import ChatService
+from tasks.publishing import ADAPTER_SCHEMES
 
 
 def sampling_event(handler: Callable[..., Iterator], leading: dict[str, type]) -> Callable[..., Iterator]:
@@ -83,7 +84,7 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
                 value=default,
                 label="Model",
                 allow_custom_value=True,
-                info="a model, an adapter, or type a publish URI (hf://, mlflow://, file://)",
+                info=f"a model, an adapter, or type a publish URI ({ADAPTER_SCHEMES})",
                 elem_id="model-a",
                 scale=3,
             )

@@ -11,11 +11,19 @@ from tasks.publishing.publish import publish_adapter
 from tasks.publishing.staging import save_adapter
 from tasks.publishing.target import Published
 from tasks.publishing.targets.mlflow_registry import registered_adapter_uris
-from tasks.publishing.uris import ACCEPTED_FORMS, FETCH_FORMS, is_adapter_uri, needs_hub_token, publish_logs_adapter
+from tasks.publishing.uris import (
+    ACCEPTED_FORMS,
+    ADAPTER_SCHEMES,
+    FETCH_FORMS,
+    is_adapter_uri,
+    needs_hub_token,
+    publish_logs_adapter,
+)
 from tasks.publishing.verify import Verification, verify_adapter
 
 __all__ = [
     "ACCEPTED_FORMS",
+    "ADAPTER_SCHEMES",
     "FETCH_FORMS",
     "PublishError",
     "Published",

@@ -17,6 +17,8 @@ def _either(forms: list[str]) -> str:
 
 ACCEPTED_FORMS = _either([target.forms.publish for target in TARGETS.values()])
 FETCH_FORMS = _either([target.forms.fetch for target in TARGETS.values()])
+# How help texts list the schemes: "hf://, mlflow://, file://".
+ADAPTER_SCHEMES = ", ".join(f"{scheme}://" for scheme in TARGETS)
 
 
 def _reject(uri: str, why: str, forms: str) -> PublishError:

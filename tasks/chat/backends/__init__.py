@@ -15,6 +15,7 @@ from tasks.chat.backends.base import ChatBackend
 from tasks.chat.sampling import BY_NAME
 from tasks.core.config import option, require
 from tasks.core.defaults import OLLAMA_DEFAULT_URL, SMOLLM2_PYPI
+from tasks.publishing import ADAPTER_SCHEMES
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -37,8 +38,8 @@ class ChatModelOptions:
     )
     adapter: str | None = option(
         None,
-        help=f"{', '.join(ADAPTER_LOADERS)} only: publish URI of a LoRA adapter (hf://, mlflow://, "
-        "file://); its recorded base model is loaded, model is ignored",
+        help=f"{', '.join(ADAPTER_LOADERS)} only: publish URI of a LoRA adapter ({ADAPTER_SCHEMES}); "
+        "its recorded base model is loaded, model is ignored",
     )
     base_url: str | None = option(None, help=f"ollama: server URL; default $OLLAMA_HOST, else {OLLAMA_DEFAULT_URL}")
     temperature: float = option(0.0, help="sampling temperature; 0 = greedy (deterministic answers)")
