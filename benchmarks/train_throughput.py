@@ -53,7 +53,7 @@ from tasks.core.config import PROJECT_ROOT, load_config
 from tasks.core.defaults import SMOLLM2_PYPI
 from tasks.training import data
 from tasks.training import trainer as training
-from tasks.training.options import LoraOptions, TrainOptions
+from tasks.training.config import LoraOptions, TrainOptions
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 

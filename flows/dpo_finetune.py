@@ -26,7 +26,7 @@ from tasks.core.steps import step
 from tasks.publishing import publish
 from tasks.training import dpo, preferences
 from tasks.training import trainer as training
-from tasks.training.dpo import DpoFinetuneConfig
+from tasks.training.config import DpoFinetuneConfig
 
 FLOW = "dpo-finetune"
 DEFAULT_CONFIG = "configs/dpo_demo.yaml"

@@ -22,7 +22,7 @@ from tasks.core.reporting import failure_markdown, publish_summary
 from tasks.core.steps import step
 from tasks.training import data, evaluation
 from tasks.training import trainer as training
-from tasks.training.options import DataOptions, LoraFinetuneConfig, ModelOptions
+from tasks.training.config import DataOptions, LoraFinetuneConfig, ModelOptions
 
 FLOW = "lora-finetune"
 DEFAULT_CONFIG = "configs/lora_demo.yaml"

@@ -15,7 +15,7 @@ from typing import Any
 from tasks.core import models, tracking
 from tasks.core.steps import step
 from tasks.publishing import publish
-from tasks.training.options import PublishOptions
+from tasks.training.config import PublishOptions
 
 
 @step(io_retries=3, retry_delay_seconds=10)

@@ -29,7 +29,7 @@ import torch
 
 from tasks.core.config import ConfigError, data_dir, flatten
 from tasks.core.models import Placement
-from tasks.training.options import TrainOptions
+from tasks.training.config import TrainOptions
 
 log = logging.getLogger(__name__)
 

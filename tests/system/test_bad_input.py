@@ -19,7 +19,7 @@ from tasks.training import data
 
 
 def dpo_config(overrides):
-    from tasks.training.dpo import DpoFinetuneConfig
+    from tasks.training.config import DpoFinetuneConfig
 
     return load_config(DpoFinetuneConfig, "configs/dpo_demo.yaml", overrides)
 
@@ -55,14 +55,14 @@ def test_flow_configs_refuse_bad_values_naming_the_key(build, override, message)
 
 
 def test_a_missing_config_file_names_the_path(tmp_path):
-    from tasks.training.dpo import DpoFinetuneConfig
+    from tasks.training.config import DpoFinetuneConfig
 
     with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'nope.yaml'}"):
         load_config(DpoFinetuneConfig, tmp_path / "nope.yaml")
 
 
 def test_a_wrong_type_in_a_yaml_file_names_the_key(tmp_path):
-    from tasks.training.options import LoraFinetuneConfig
+    from tasks.training.config import LoraFinetuneConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  max_steps: [10]\nlora:\n  r: 8\n")

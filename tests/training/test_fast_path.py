@@ -12,7 +12,7 @@ import torch
 from tasks.core import models
 from tasks.core.config import ConfigError
 from tasks.training import trainer as training
-from tasks.training.options import TrainOptions
+from tasks.training.config import TrainOptions
 
 CPU = models.Placement("cpu", "fp32")
 GPU = models.Placement("cuda", "bf16")  # a description only: the selection logic needs no GPU

@@ -55,7 +55,7 @@ MAX_STEPS, SAVE_STEPS = 60, 10
 
 
 def lora_setup(tiny_model_dir: Path, tmp_path: Path):
-    from tasks.training.options import LoraFinetuneConfig
+    from tasks.training.config import LoraFinetuneConfig
 
     overrides = [
         f"model.name={tiny_model_dir}",
@@ -78,7 +78,7 @@ def lora_setup(tiny_model_dir: Path, tmp_path: Path):
 
 
 def dpo_setup(tiny_model_dir: Path, tmp_path: Path):
-    from tasks.training.dpo import DpoFinetuneConfig
+    from tasks.training.config import DpoFinetuneConfig
 
     overrides = [
         f"model.name={tiny_model_dir}",

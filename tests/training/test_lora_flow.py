@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core.config import load_config
-from tasks.training.options import LoraFinetuneConfig
+from tasks.training.config import LoraFinetuneConfig
 
 COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 
