@@ -20,6 +20,7 @@ import platform
 import resource
 import sys
 import time
+from dataclasses import asdict
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at the end {os.getloadavg()[0]:.1f}",
         "accuracy_95ci": [low, high],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        "data": prefs.summary(),
+        "data": asdict(prefs.summary()),
         "bad_rows": [str(b) for b in prefs.bad_rows],
         "train": result.summary(),
         "seconds_per_step": result.seconds / max(1, result.steps - result.resumed_from_step),
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 f"Train: {result.seconds:.0f} s ({report['seconds_per_step']:.1f} s/step); evaluation before {base_eval_s:.0f} s, "
                 f"after {eval_s:.0f} s; total {report['seconds']['total']:.0f} s; peak RSS {report['peak_rss_gb']:.1f} GB.",
-                f"Data: {prefs.summary()}",
+                f"Data: {asdict(prefs.summary())}",
                 "",
             ]
         )

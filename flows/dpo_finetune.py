@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow
@@ -144,7 +145,7 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
         with tracking.start_run(FLOW, cfg, tags=tags) as run:
             story["mlflow"] = tracking.run_link(run)
             prefs = load_preferences(cfg)
-            story["data"] = prefs.summary()
+            story["data"] = asdict(prefs.summary())
             story["bad_rows"] = [str(b) for b in prefs.bad_rows + prefs.too_long]
             tracking.set_tags({"dataset.fingerprint": prefs.fingerprint})
             tracking.log_metrics(

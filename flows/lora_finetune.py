@@ -9,6 +9,7 @@ prefect deployment run lora-finetune/lora-finetune          (with the local stac
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 
 from prefect import flow
 
@@ -72,7 +73,7 @@ def train(model, tokenizer, rows: list[data.Row], cfg: LoraFinetuneConfig, place
     result = training.train_sft(
         model, tokenizer, tokenized.examples, cfg.train, placement, output_dir, cfg.model.max_length
     )
-    return result, tokenized.summary()
+    return result, asdict(tokenized.summary())
 
 
 @step
@@ -95,7 +96,7 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
         with tracking.start_run(FLOW, cfg, tags={"publish.uri": cfg.publish.uri}) as run:
             story["mlflow"] = tracking.run_link(run)
             sft = load_dataset(cfg.data)
-            story["data"] = sft.summary()
+            story["data"] = asdict(sft.summary())
             tracking.set_tags({"dataset.fingerprint": sft.fingerprint})
             model, tokenizer, base_path = load_base_model(cfg.model, placement)
             model, story["params"] = freeze_and_apply_lora(model, cfg, placement)

@@ -127,7 +127,7 @@ def test_rows_longer_than_max_length_are_truncated_or_dropped_and_counted(tiny_m
         "completion": [{"role": "assistant", "content": "Yes."}],
     }
     tokenized = data.tokenize_rows([short, long_reply, long_prompt, short], tokenizer, max_length=64)
-    assert tokenized.summary()["truncated"] == 1 and tokenized.summary()["dropped"] == 1
+    assert tokenized.summary().truncated == 1 and tokenized.summary().dropped == 1
     assert len(tokenized.examples) == 3  # the short rows and the truncated one train
     assert all(len(e["input_ids"]) <= 64 for e in tokenized.examples)
     truncated = tokenized.examples[1]

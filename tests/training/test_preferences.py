@@ -7,7 +7,6 @@ import json
 
 import pytest
 
-from tasks.training.data import DataError, read_records
 from tasks.training.preferences import (
     fit_prompt,
     load_preferences,
@@ -17,6 +16,7 @@ from tasks.training.preferences import (
     read_pairs,
     split_hh_transcripts,
 )
+from tasks.training.rows import DataError, read_records
 
 USER = lambda text: {"role": "user", "content": text}  # noqa: E731
 BOT = lambda text: {"role": "assistant", "content": text}  # noqa: E731
