@@ -27,8 +27,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import tasks  # noqa: F401
 from tasks.core import models
 from tasks.core.config import PROJECT_ROOT, load_config
-from tasks.training import dpo, preferences
-from tasks.training import trainer as training
+from tasks.training import checkpoints, dpo, preferences
+from tasks.training.lora import freeze_and_apply_lora
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 CONFIG = PROJECT_ROOT / "configs" / "dpo_hh_rlhf.yaml"
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer=tokenizer,
         max_prompt_tokens=cfg.dpo.max_prompt_tokens,
     )
-    model = models.freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
-    output_dir = training.checkpoint_dir("dpo-benchmark", cfg)
+    model = freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    output_dir = checkpoints.checkpoint_dir("dpo-benchmark", cfg)
     trainer = dpo.build_trainer(model, tokenizer, prefs.train, prefs.eval, cfg, placement, output_dir)
     t0 = time.perf_counter()
     base = dpo.evaluate_untrained(trainer, cfg.dpo.beta)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     # How often the reference alone already assigns the chosen reply the higher likelihood: the
     # base model's own "preference", which the implicit reward does not measure.
     ref_prefers_chosen = (base.reference.chosen > base.reference.rejected).float().mean().item()
-    training.remove_checkpoints(output_dir)
+    checkpoints.remove_checkpoints(output_dir)
     pairs = int(trained.metrics["pairs"])
     low, high = wilson_interval(trained.metrics["rewards/accuracies"] * pairs, pairs)
     report = {

@@ -25,7 +25,7 @@ from tasks.core.config import ConfigError, load_config
 from tasks.core.reporting import failure_markdown, publish_summary, table
 from tasks.core.steps import step
 from tasks.publishing import publish
-from tasks.training import dpo, preferences
+from tasks.training import checkpoints, dpo, lora, preferences
 from tasks.training import trainer as training
 from tasks.training.config import DpoFinetuneConfig
 
@@ -77,7 +77,7 @@ def apply_lora(model, cfg: DpoFinetuneConfig, placement: models.Placement, token
             peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)  # freezes the base itself
         start = f"adapter {cfg.init_adapter} (its LoRA shape; lora.* options do not apply)"
     else:
-        peft_model = models.freeze_and_apply_lora(
+        peft_model = lora.freeze_and_apply_lora(
             model,
             cfg.lora.r,
             cfg.lora.alpha,
@@ -86,7 +86,7 @@ def apply_lora(model, cfg: DpoFinetuneConfig, placement: models.Placement, token
             gradient_checkpointing=training.use_gradient_checkpointing(cfg.train, placement),
         )
         start = "fresh LoRA adapter"
-    trainable, total = models.count_parameters(peft_model)
+    trainable, total = lora.count_parameters(peft_model)
     return peft_model, {"start": start, "trainable_params": trainable, "total_params": total}
 
 
@@ -95,7 +95,7 @@ def prepare_trainer(
     model, tokenizer, prefs: preferences.PreferenceData, cfg: DpoFinetuneConfig, placement: models.Placement
 ):
     """TRL tokenizes the pairs (and, with precompute_ref_log_probs, scores the reference once)."""
-    output_dir = training.checkpoint_dir(FLOW, cfg)
+    output_dir = checkpoints.checkpoint_dir(FLOW, cfg)
     trainer = dpo.build_trainer(model, tokenizer, prefs.train, prefs.eval, cfg, placement, output_dir)
     return trainer, output_dir
 
@@ -172,7 +172,7 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
             story["gate"] = quality_gate(base, trained, cfg).__dict__
             card_metrics = {**dpo.metrics_for_card(base, trained), **result.metrics()}  # no local paths
             publish_and_verify(FLOW, cfg, run.info.run_id, model, tokenizer, base_path, card_metrics, token, story)
-            training.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
+            checkpoints.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
     except Exception as error:
         story["error"] = f"{type(error).__name__}: {error}"
         publish_summary(FLOW, failure_markdown(story))

@@ -21,7 +21,7 @@ from tasks.core.cli import run_cli
 from tasks.core.config import load_config
 from tasks.core.reporting import failure_markdown, publish_summary
 from tasks.core.steps import step
-from tasks.training import data, evaluation
+from tasks.training import checkpoints, data, evaluation, lora
 from tasks.training import trainer as training
 from tasks.training.config import DataOptions, LoraFinetuneConfig, ModelOptions
 
@@ -52,7 +52,7 @@ def load_base_model(options: ModelOptions, placement: models.Placement):
 
 @step
 def freeze_and_apply_lora(model, cfg: LoraFinetuneConfig, placement: models.Placement):
-    peft_model = models.freeze_and_apply_lora(
+    peft_model = lora.freeze_and_apply_lora(
         model,
         cfg.lora.r,
         cfg.lora.alpha,
@@ -60,7 +60,7 @@ def freeze_and_apply_lora(model, cfg: LoraFinetuneConfig, placement: models.Plac
         cfg.lora.target_modules,
         gradient_checkpointing=training.use_gradient_checkpointing(cfg.train, placement),
     )
-    trainable, total = models.count_parameters(peft_model)
+    trainable, total = lora.count_parameters(peft_model)
     return peft_model, {"trainable_params": trainable, "total_params": total}
 
 
@@ -69,7 +69,7 @@ def train(model, tokenizer, rows: list[data.Row], cfg: LoraFinetuneConfig, place
     tokenized = data.tokenize_rows(rows, tokenizer, cfg.model.max_length)
     if not tokenized.examples:
         raise data.DataError(f"every training row is longer than model.max_length={cfg.model.max_length}")
-    output_dir = training.checkpoint_dir(FLOW, cfg)
+    output_dir = checkpoints.checkpoint_dir(FLOW, cfg)
     result = training.train_sft(
         model, tokenizer, tokenized.examples, cfg.train, placement, output_dir, cfg.model.max_length
     )
@@ -119,7 +119,7 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
                 token=token,
                 story=story,
             )
-            training.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
+            checkpoints.remove_checkpoints(result.output_dir)  # published: a rerun starts fresh
     except Exception as error:
         story["error"] = f"{type(error).__name__}: {error}"
         publish_summary(FLOW, failure_markdown(story))

@@ -1,4 +1,4 @@
-"""Model loading: resolve a name to weights, load model and tokenizer, freeze it and apply LoRA.
+"""Model loading: resolve a name to weights, load model and tokenizer.
 
 A model name is one of
 - a Hub id (`Qwen/Qwen2.5-1.5B-Instruct`): transformers downloads it, as for any user;
@@ -194,37 +194,6 @@ def load_base_model(
     tokenizer = load_tokenizer(path, revision, trust_remote_code)
     model = load_causal_lm(path, placement, revision, trust_remote_code, attn_implementation)
     return model, tokenizer, path
-
-
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
-def freeze_and_apply_lora(
-    model, r: int, alpha: int, dropout: float, target_modules: list[str], gradient_checkpointing: bool = False
-):
-    """Freeze every base weight and wrap the model with fresh LoRA adapters."""
-    from peft import LoraConfig, get_peft_model
-
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    if model.dtype in (torch.float16, torch.bfloat16):
-        # The notebook's post-processing, where it matters: norms in fp32 keep half-precision
-        # training stable. (In fp32 there is nothing to upcast.)
-        for name, parameter in model.named_parameters():
-            if parameter.ndim == 1 and "norm" in name:
-                parameter.data = parameter.data.float()
-    if gradient_checkpointing:
-        # Checkpointed blocks need an input that requires grad, or no gradient reaches the adapters.
-        model.enable_input_require_grads()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    targets = "all-linear" if target_modules == ["all-linear"] else list(target_modules)
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM"
-    )
-    return get_peft_model(model, config)
 
 
 def chat_template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -27,40 +26,12 @@ from typing import Any
 
 import torch
 
-from tasks.core.config import ConfigError, data_dir, flatten
+from tasks.core.config import ConfigError
 from tasks.core.models import Placement
+from tasks.training.checkpoints import last_checkpoint
 from tasks.training.config import TrainOptions
 
 log = logging.getLogger(__name__)
-
-# Options that never change what is trained: a rerun that differs only in these resumes.
-RESUME_NEUTRAL = (
-    "publish.",
-    "eval.",
-    "train.resume",
-    "train.output_dir",
-    "train.num_threads",
-    "train.logging_steps",
-    "train.save_steps",
-    "train.save_total_limit",
-    "data.max_eval_rows",
-)
-
-
-def checkpoint_dir(flow: str, config: Any) -> Path:
-    """`train.output_dir`, or a folder named after the config's training-relevant options."""
-    if config.train.output_dir:
-        return Path(config.train.output_dir).expanduser().resolve()
-    relevant = {k: v for k, v in flatten(config).items() if not k.startswith(RESUME_NEUTRAL)}
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return data_dir() / "checkpoints" / flow / digest
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-
 
 # Activation memory of a step beyond what the saved tensors hold (gradients in flight, the loss's
 # upcast logits, allocator slack): a margin on the probe's count, not a measured law.
@@ -417,8 +388,3 @@ def train_sft(
     result = run_trainer(trainer, output_dir, options.resume)
     model.eval()
     return result
-
-
-def remove_checkpoints(output_dir: str | Path) -> None:
-    """After a run has published its adapter, its checkpoints are only disk: a rerun starts fresh."""
-    shutil.rmtree(output_dir, ignore_errors=True)

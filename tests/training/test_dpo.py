@@ -12,6 +12,7 @@ from tasks.core.config import ConfigError, load_config
 from tasks.publishing import publish
 from tasks.training import dpo
 from tasks.training.config import DpoFinetuneConfig
+from tasks.training.lora import freeze_and_apply_lora
 
 POLITE, RUDE = "Thank you very much for asking.", "The quick brown fox jumps over the lazy dog."
 
@@ -55,7 +56,7 @@ def tiny_config(tiny_model_dir, tmp_path, *overrides: str) -> DpoFinetuneConfig:
 def policy(cfg: DpoFinetuneConfig):
     placement = models.resolve_placement("cpu")
     model, tokenizer, _ = models.load_base_model(cfg.model.name, placement)
-    model = models.freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    model = freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     return model, tokenizer, placement
 
 

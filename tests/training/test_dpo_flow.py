@@ -156,11 +156,12 @@ def test_sft_then_dpo_starts_from_a_lora_finetune_publish(prefect_harness, tiny_
 def test_init_adapter_for_another_base_model_is_refused(prefect_harness, tiny_model_dir, tmp_path):
     from flows.dpo_finetune import dpo_finetune
     from tasks.core import models
+    from tasks.training.lora import freeze_and_apply_lora
 
     # A real adapter folder whose record names another base model.
     model, _, _ = models.load_base_model(str(tiny_model_dir), models.resolve_placement("cpu"))
     folder = tmp_path / "foreign"
-    models.freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]).save_pretrained(folder)
+    freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]).save_pretrained(folder)
     (folder / "ftllm.json").write_text(json.dumps({"base_model": "HuggingFaceTB/SmolLM2-360M-Instruct"}))
     train = write_jsonl(tmp_path / "prefs.jsonl", [hh_pair(i, POLITE, RUDE) for i in range(8)])
     state = dpo_finetune(

@@ -165,7 +165,7 @@ def test_mlflow_unreachable_fails_before_any_training(tiny_model_dir, tmp_path, 
     import socket
 
     from flows.lora_finetune import main
-    from tasks.training import trainer as training
+    from tasks.training import checkpoints
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -176,4 +176,4 @@ def test_mlflow_unreachable_fails_before_any_training(tiny_model_dir, tmp_path, 
     assert main(["--config", "configs/lora_demo.yaml"] + [a for o in overrides for a in ("--set", o)]) == 1
     err = capsys.readouterr().err
     assert f"MLflow tracking server http://127.0.0.1:{closed} is unreachable" in err
-    assert not training.checkpoint_dir("lora-finetune", cfg).exists()
+    assert not checkpoints.checkpoint_dir("lora-finetune", cfg).exists()
