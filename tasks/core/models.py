@@ -47,7 +47,7 @@ def resolve_placement(device: str = "auto", precision: str = "auto") -> Placemen
         raise ConfigError("train.device: cuda was asked for, but torch sees no CUDA device")
     if precision == "auto":
         # TRL would turn bf16 on even on the CPU, where it is slow and makes the trained and the
-        # reloaded adapter disagree (~3e-3 in logits): fp32 on the CPU, bf16 where the GPU has it.
+        # reloaded adapter disagree in their logits: fp32 on the CPU, bf16 where the GPU has it.
         precision = (
             "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else ("fp16" if device == "cuda" else "fp32")
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.core.models import chat_template_ids
+from tasks.training.config import DataOptions
 from tasks.training.rows import (
     BadRow,
     DataError,
@@ -159,36 +160,26 @@ def read_rows(
     return [r.row for r in read.rows], read.bad, detected
 
 
-def load_sft_data(
-    train: str,
-    eval: str | None = None,
-    format: str = "auto",
-    split: str = "train",
-    eval_fraction: float = 0.1,
-    max_train_rows: int | None = None,
-    max_eval_rows: int | None = None,
-    on_bad_rows: str = "fail",
-    system_prompt: str | None = None,
-    seed: int = 42,
-) -> SftData:
+def load_sft_data(options: DataOptions) -> SftData:
     """Train and held-out rows in the internal shape; bad rows fail the load or are dropped."""
-    train_rows, bad, fmt = read_rows(train, format, split, system_prompt)
-    if eval:
-        eval_rows, eval_bad, _ = read_rows(eval, format, split, system_prompt)
+    o = options
+    train_rows, bad, fmt = read_rows(o.train, o.format, o.split, o.system_prompt)
+    if o.eval:
+        eval_rows, eval_bad, _ = read_rows(o.eval, o.format, o.split, o.system_prompt)
         bad += eval_bad
     else:
         shuffled = train_rows[:]
-        random.Random(seed).shuffle(shuffled)
-        n_eval = max(1, round(len(shuffled) * eval_fraction))
+        random.Random(o.seed).shuffle(shuffled)
+        n_eval = max(1, round(len(shuffled) * o.eval_fraction))
         eval_rows, train_rows = shuffled[:n_eval], shuffled[n_eval:]
-    refuse_bad_rows(bad, on_bad_rows)
-    if max_train_rows:
-        train_rows = train_rows[:max_train_rows]
-    if max_eval_rows:
-        eval_rows = eval_rows[:max_eval_rows]
+    refuse_bad_rows(bad, o.on_bad_rows)
+    if o.max_train_rows:
+        train_rows = train_rows[: o.max_train_rows]
+    if o.max_eval_rows:
+        eval_rows = eval_rows[: o.max_eval_rows]
     if not train_rows or not eval_rows:
         raise DataError(
-            f"{train}: {len(train_rows)} training and {len(eval_rows)} held-out rows; need at least one each"
+            f"{o.train}: {len(train_rows)} training and {len(eval_rows)} held-out rows; need at least one each"
         )
     return SftData(
         train=train_rows, eval=eval_rows, format=fmt, bad_rows=bad, fingerprint=fingerprint(train_rows + eval_rows)

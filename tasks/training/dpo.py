@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from tasks.core import tracking
 from tasks.core.models import Placement
 from tasks.training.config import DpoFinetuneConfig
 from tasks.training.trainer import TrainResult, mlflow_log_callback, run_trainer, trainer_arguments
@@ -205,6 +206,15 @@ def quality_gate(base_accuracy: float, trained_accuracy: float, threshold: float
         f"held-out reward accuracy {trained_accuracy:.3f} beats dpo.min_reward_accuracy="
         f"{threshold:.3f} and the untrained policy's {base_accuracy:.3f}",
     )
+
+
+def require_gate(base: Evaluation, trained: Evaluation, threshold: float) -> Gate:
+    """The gate, recorded in MLflow tags; QualityGateFailed (nothing is published) when it fails."""
+    gate = quality_gate(base.metrics["rewards/accuracies"], trained.metrics["rewards/accuracies"], threshold)
+    tracking.set_tags({"gate.status": "passed" if gate.passed else "failed", "gate.reason": gate.reason})
+    if not gate.passed:
+        raise QualityGateFailed(f"quality gate failed, nothing published: {gate.reason}")
+    return gate
 
 
 def metrics_for_card(base: Evaluation, trained: Evaluation) -> dict[str, Any]:

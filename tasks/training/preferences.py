@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.core import models
@@ -294,30 +294,22 @@ def _split_by_prompt(
     return train, held_out
 
 
-def load_preferences(
-    train: str,
-    eval: str | None = None,
-    split: str = "train",
-    eval_fraction: float = 0.1,
-    max_train_rows: int | None = None,
-    max_eval_rows: int | None = None,
-    on_bad_rows: str = "fail",
-    system_prompt: str | None = None,
-    seed: int = 42,
-    tokenizer=None,
-    max_prompt_tokens: int | None = None,
-) -> PreferenceData:
-    """Train and held-out pairs in the internal shape, prompts fitted to `max_prompt_tokens`."""
-    train_pairs, bad, formats = read_pairs(train, split, system_prompt, seed)
-    if eval:
-        eval_pairs, eval_bad, eval_formats = read_pairs(eval, split, system_prompt, seed)
+def load_preferences(options: DataOptions, tokenizer=None, max_prompt_tokens: int | None = None) -> PreferenceData:
+    """Train and held-out pairs in the internal shape, prompts fitted to `max_prompt_tokens`.
+
+    The format of each row is detected by itself (`options.format` is for instruction data).
+    """
+    o = options
+    train_pairs, bad, formats = read_pairs(o.train, o.split, o.system_prompt, o.seed)
+    if o.eval:
+        eval_pairs, eval_bad, eval_formats = read_pairs(o.eval, o.split, o.system_prompt, o.seed)
         bad += eval_bad
         formats += eval_formats
     else:
-        train_pairs, eval_pairs = _split_by_prompt(train_pairs, eval_fraction, seed)
-    refuse_bad_rows(bad, on_bad_rows, what="preference row")
-    train_pairs = train_pairs[:max_train_rows] if max_train_rows else train_pairs
-    eval_pairs = eval_pairs[:max_eval_rows] if max_eval_rows else eval_pairs
+        train_pairs, eval_pairs = _split_by_prompt(train_pairs, o.eval_fraction, o.seed)
+    refuse_bad_rows(bad, o.on_bad_rows, what="preference row")
+    train_pairs = train_pairs[: o.max_train_rows] if o.max_train_rows else train_pairs
+    eval_pairs = eval_pairs[: o.max_eval_rows] if o.max_eval_rows else eval_pairs
     too_long: list[BadRow] = []
     trimmed = 0
     if tokenizer is not None and max_prompt_tokens:
@@ -341,7 +333,7 @@ def load_preferences(
         train_pairs, eval_pairs = fitted_sets
     if not train_pairs or not eval_pairs:
         raise DataError(
-            f"{train}: {len(train_pairs)} training and {len(eval_pairs)} held-out pairs left; need at least one of each"
+            f"{o.train}: {len(train_pairs)} training and {len(eval_pairs)} held-out pairs left; need at least one of each"
         )
     train_rows, eval_rows = [p.row for p in train_pairs], [p.row for p in eval_pairs]
     return PreferenceData(
@@ -358,5 +350,4 @@ def load_preferences(
 def load_for_model(model: ModelOptions, options: DataOptions, max_prompt_tokens: int) -> PreferenceData:
     """The pairs `options` name, their prompts measured by `model`'s own tokenizer (chat-template tokens)."""
     tokenizer = models.load_tokenizer(models.resolve_model_path(model.name), model.revision, model.trust_remote_code)
-    sources = {k: v for k, v in asdict(options).items() if k != "format"}  # pair formats are detected per row
-    return load_preferences(**sources, tokenizer=tokenizer, max_prompt_tokens=max_prompt_tokens)
+    return load_preferences(options, tokenizer, max_prompt_tokens)

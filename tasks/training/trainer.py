@@ -137,7 +137,7 @@ def packed_sdpa_attention(
     A padding-free batch is a single row of many documents. Plain sdpa attends over the whole row
     under a block-diagonal mask, so it pays for the row's length squared; cutting the row at the
     document boundaries the collator passes (`cu_seq_lens_q`) pays for the sum of the documents'
-    squares: on this CPU, 8 packed rows of ~110 tokens, a quarter of the attention time.
+    squares.
     Padded batches and generation (a KV cache, no boundaries) take plain sdpa.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward

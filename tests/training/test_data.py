@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tasks.training import data
+from tasks.training.config import DataOptions
 
 
 def write_jsonl(path, records):
@@ -55,7 +56,7 @@ def test_bad_rows_are_reported_with_file_and_row(tmp_path):
     ]
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"instruction": "bad \xff byte", "output": "x"}\n')
     with pytest.raises(data.DataError) as error:
-        data.load_sft_data(str(path), eval_fraction=0.5)
+        data.load_sft_data(DataOptions(train=str(path), eval_fraction=0.5))
     message = str(error.value)
     assert "5 malformed row(s)" in message and "data.on_bad_rows=drop" in message
     for expected in (
@@ -66,7 +67,7 @@ def test_bad_rows_are_reported_with_file_and_row(tmp_path):
         "mixed.jsonl row 7: invalid UTF-8",
     ):
         assert expected in message
-    kept = data.load_sft_data(str(path), eval_fraction=0.5, on_bad_rows="drop")
+    kept = data.load_sft_data(DataOptions(train=str(path), eval_fraction=0.5, on_bad_rows="drop"))
     assert len(kept.train) + len(kept.eval) == 2 and len(kept.bad_rows) == 5
 
 
@@ -94,9 +95,9 @@ def test_csv_and_parquet_go_through_datasets(tmp_path):
 def test_eval_split_is_seeded_and_disjoint(shared_data):
     alpaca = str(shared_data / "alpaca_5000.json")
     with pytest.raises(data.DataError, match="alpaca_5000.json row 2336: field 'output' is empty"):
-        data.load_sft_data(alpaca)  # real data has bad rows: by default nothing trains
-    first = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
-    again = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
+        data.load_sft_data(DataOptions(train=alpaca))  # real data has bad rows: by default nothing trains
+    options = DataOptions(train=alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
+    first, again = data.load_sft_data(options), data.load_sft_data(options)
     assert [b.row for b in first.bad_rows] == [2336, 4659]
     assert first.format == "alpaca" and len(first.train) + len(first.eval) == 5000 - len(first.bad_rows)
     assert first.eval == again.eval and first.fingerprint == again.fingerprint
@@ -107,12 +108,14 @@ def test_eval_split_is_seeded_and_disjoint(shared_data):
 def test_explicit_eval_file_and_row_limits(tmp_path):
     train = write_jsonl(tmp_path / "t.jsonl", [GOOD["prompt_completion"]] * 20)
     held = write_jsonl(tmp_path / "e.jsonl", [GOOD["sharegpt"]] * 5)
-    loaded = data.load_sft_data(str(train), eval=str(held), max_train_rows=7, max_eval_rows=3)
+    loaded = data.load_sft_data(DataOptions(train=str(train), eval=str(held), max_train_rows=7, max_eval_rows=3))
     assert len(loaded.train) == 7 and len(loaded.eval) == 3
 
 
 def test_the_demo_corpus_reads_from_its_pypi_package():
-    loaded = data.load_sft_data("pypi:chatterbot-corpus/english", on_bad_rows="drop")
+    loaded = data.load_sft_data(
+        DataOptions(train="pypi:chatterbot-corpus/english", on_bad_rows="drop", max_eval_rows=None)
+    )
     assert len(loaded.train) > 1500 and loaded.format == "messages"
     # The corpus has one one-line "conversation": reported, not silently lost.
     assert [str(b) for b in loaded.bad_rows] == ["trivia.yml row 14: conversation has fewer than two turns"]

@@ -139,14 +139,14 @@ def test_sft_then_dpo_starts_from_a_lora_finetune_publish(prefect_harness, tiny_
 
     train = write_jsonl(tmp_path / "prefs.jsonl", [hh_pair(i, POLITE, RUDE) for i in range(32)])
     published = tmp_path / "dpo"
-    story = dpo_finetune(
+    run = dpo_finetune(
         config="configs/sft_then_dpo.yaml",
         overrides=tiny_overrides(tiny_model_dir, tmp_path, train, published) + [f"init_adapter=file://{sft_dir}"],
     )
-    assert story["params"]["start"].startswith(f"adapter file://{sft_dir}")
-    assert story["eval"]["untrained"]["rewards/accuracies"] == 0.5  # starts at its reference: the SFT adapter
-    assert story["eval"]["trained"]["rewards/accuracies"] > 0.9
-    assert story["verify"]["passed"]
+    assert run.params.start.startswith(f"adapter file://{sft_dir}")
+    assert run.evaluation.untrained["rewards/accuracies"] == 0.5  # starts at its reference: the SFT adapter
+    assert run.evaluation.trained["rewards/accuracies"] > 0.9
+    assert run.publication.verification.passed
     sft_config = json.loads((sft_dir / "adapter_config.json").read_text())
     dpo_config = json.loads((published / "adapter_config.json").read_text())
     assert dpo_config["r"] == sft_config["r"] == 4  # the SFT adapter's shape, trained further
