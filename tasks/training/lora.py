@@ -33,7 +33,7 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def counted(model, start: str) -> ParamCounts:
+def _counted(model, start: str) -> ParamCounts:
     return ParamCounts(start, *count_parameters(model))
 
 
@@ -71,7 +71,7 @@ def apply_fresh_lora(model, lora: LoraOptions, train: TrainOptions, placement: P
         lora.target_modules,
         gradient_checkpointing=use_gradient_checkpointing(train, placement),
     )
-    return peft_model, counted(peft_model, FRESH_ADAPTER)
+    return peft_model, _counted(peft_model, FRESH_ADAPTER)
 
 
 def start_policy(model, cfg: DpoFinetuneConfig, placement: Placement, token: str | None) -> tuple[Any, ParamCounts]:
@@ -83,7 +83,7 @@ def start_policy(model, cfg: DpoFinetuneConfig, placement: Placement, token: str
     with publishing.fetched_adapter(cfg.init_adapter, token=token) as folder:
         _require_base(folder, cfg.init_adapter, cfg.model.name)
         peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)  # freezes the base itself
-    return peft_model, counted(peft_model, f"adapter {cfg.init_adapter} (its LoRA shape; lora.* options do not apply)")
+    return peft_model, _counted(peft_model, f"adapter {cfg.init_adapter} (its LoRA shape; lora.* options do not apply)")
 
 
 def _require_base(folder: Path, uri: str, model_name: str) -> None:

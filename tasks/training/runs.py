@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from tasks import publishing
 from tasks.core import models, secrets, tracking
 from tasks.core.reporting import failure_markdown, publish_summary
 from tasks.training import checkpoints
+from tasks.training.config import DpoFinetuneConfig, LoraFinetuneConfig
 from tasks.training.results import DpoRun, LoraRun, Publication
 from tasks.training.trainer import TrainResult
 
 Run = TypeVar("Run", LoraRun, DpoRun)
+Config = LoraFinetuneConfig | DpoFinetuneConfig
 
 
-def prepare(cfg: Any, *adapter_uris: str | None) -> tuple[str | None, models.Placement]:
+def prepare(cfg: Config, *adapter_uris: str | None) -> tuple[str | None, models.Placement]:
     """(Hub token, placement) before any work: the token only when publishing to, or starting from, the Hub.
 
     The token is redacted from every log from here on, and a down MLflow server fails the run
@@ -30,7 +32,7 @@ def prepare(cfg: Any, *adapter_uris: str | None) -> tuple[str | None, models.Pla
 
 
 @contextlib.contextmanager
-def recorded(run: Run, cfg: Any, tags: dict[str, str], summary: Callable[[Run], str]) -> Iterator[str]:
+def recorded(run: Run, cfg: Config, tags: dict[str, str], summary: Callable[[Run], str]) -> Iterator[str]:
     """The run tracked in MLflow (yields its id); its summary artifact tells how it went, or how far it got."""
     try:
         with tracking.start_run(run.flow, cfg, tags=tags) as mlflow_run:

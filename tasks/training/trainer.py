@@ -1,6 +1,6 @@
 """Training: the pieces both training flows share, and supervised fine-tuning (SFT) with TRL.
 
-- One checkpoint folder per configuration (a hash of the options that change the result), so
+- One checkpoint folder per configuration (`tasks.training.checkpoints`), so
   rerunning a crashed run with the same config resumes from its last checkpoint: optimizer,
   scheduler, RNG and data position included (the Trainer restores them all).
 - Precision and gradient checkpointing are decided per device: fp32 and no checkpointing on the
