@@ -22,6 +22,7 @@ import platform
 import resource
 import sys
 import time
+from dataclasses import asdict
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -29,8 +30,8 @@ import tasks  # noqa: F401
 from benchmarks import bench_data
 from tasks.core import models
 from tasks.core.config import PROJECT_ROOT, load_config
-from tasks.training import dpo, preferences
-from tasks.training import trainer as training
+from tasks.training import checkpoints, dpo, preferences
+from tasks.training.lora import freeze_and_apply_lora
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 CONFIG = PROJECT_ROOT / "configs" / "dpo_hh_rlhf.yaml"
@@ -62,22 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     placement = models.resolve_placement(cfg.train.device, cfg.train.precision)
     started = time.perf_counter()
     model, tokenizer, _ = models.load_base_model(cfg.model.name, placement)
-    prefs = preferences.load_preferences(
-        train=cfg.data.train,
-        eval=cfg.data.eval,
-        split=cfg.data.split,
-        data_dir=cfg.data.data_dir,
-        eval_fraction=cfg.data.eval_fraction,
-        max_train_rows=cfg.data.max_train_rows,
-        max_eval_rows=cfg.data.max_eval_rows,
-        on_bad_rows=cfg.data.on_bad_rows,
-        system_prompt=cfg.data.system_prompt,
-        seed=cfg.data.seed,
-        tokenizer=tokenizer,
-        max_prompt_tokens=cfg.dpo.max_prompt_tokens,
-    )
-    model = models.freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
-    output_dir = training.checkpoint_dir("dpo-benchmark", cfg)
+    prefs = preferences.load_preferences(cfg.data, tokenizer, cfg.dpo.max_prompt_tokens)
+    model = freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    output_dir = checkpoints.checkpoint_dir("dpo-benchmark", cfg)
     trainer = dpo.build_trainer(model, tokenizer, prefs.train, prefs.eval, cfg, placement, output_dir)
     t0 = time.perf_counter()
     base = dpo.evaluate_untrained(trainer, cfg.dpo.beta)
@@ -92,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     # How often the reference alone already assigns the chosen reply the higher likelihood: the
     # base model's own "preference", which the implicit reward does not measure.
     ref_prefers_chosen = (base.reference.chosen > base.reference.rejected).float().mean().item()
-    training.remove_checkpoints(output_dir)
+    checkpoints.remove_checkpoints(output_dir)
     pairs = int(trained.metrics["pairs"])
     low, high = wilson_interval(trained.metrics["rewards/accuracies"] * pairs, pairs)
     report = {
@@ -104,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         f"load average at the end {os.getloadavg()[0]:.1f}",
         "accuracy_95ci": [low, high],
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-        "data": prefs.summary(),
+        "data": asdict(prefs.summary()),
         "bad_rows": [str(b) for b in prefs.bad_rows],
         "train": result.summary(),
         "seconds_per_step": result.seconds / max(1, result.steps - result.resumed_from_step),
@@ -140,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 "",
                 f"Train: {result.seconds:.0f} s ({report['seconds_per_step']:.1f} s/step); evaluation before {base_eval_s:.0f} s, "
                 f"after {eval_s:.0f} s; total {report['seconds']['total']:.0f} s; peak RSS {report['peak_rss_gb']:.1f} GB.",
-                f"Data: {prefs.summary()}",
+                f"Data: {asdict(prefs.summary())}",
                 "",
             ]
         )

@@ -5,7 +5,7 @@
         --lengths lognormal:160 --max-length 4096 --packed-batch-size 8 --steps 10 --json
 
 Both setups are the project's own `training.sft_trainer` (TRL's SFTTrainer, LoRA from
-`models.freeze_and_apply_lora`), on the same model shape, LoRA config and rows:
+`lora.freeze_and_apply_lora`), on the same model shape, LoRA config and rows:
 
 - baseline ("notebook style"): rows padded to the longest in the batch, gradient checkpointing on,
   the loss over full logits, the model's default attention;
@@ -53,7 +53,8 @@ from tasks.core.config import PROJECT_ROOT, load_config
 from tasks.core.defaults import SMOLLM2_PYPI
 from tasks.training import data
 from tasks.training import trainer as training
-from tasks.training.options import LoraOptions, TrainOptions
+from tasks.training.config import LoraOptions, TrainOptions
+from tasks.training.lora import freeze_and_apply_lora
 
 RESULTS = PROJECT_ROOT / "benchmarks" / "results"
 
@@ -243,7 +244,7 @@ class StepClock:
 def build_trainer(args, setup: Setup, placement: models.Placement, rows: list[dict], lora: LoraOptions, workdir: Path):
     base, tokenizer = build_base_model(args, placement, setup.attention)
     torch.manual_seed(args.seed)  # the same LoRA initialisation in every setup
-    model = models.freeze_and_apply_lora(
+    model = freeze_and_apply_lora(
         base,
         lora.r,
         lora.alpha,

@@ -15,7 +15,7 @@ from typing import Any
 from tasks import publishing
 from tasks.core import models, tracking
 from tasks.core.steps import step
-from tasks.training.options import PublishOptions
+from tasks.training.config import PublishOptions
 
 
 @step(io_retries=3, retry_delay_seconds=10)
@@ -52,11 +52,10 @@ def publish_and_verify(
     base_path: str,
     card_metrics: dict[str, float],
     token: str | None,
-    story: dict,
-) -> None:
-    """Publish the trained adapter and verify the published copy; tags and story record both.
+) -> tuple[publishing.Published, publishing.Verification | None]:
+    """Publish the trained adapter and verify the published copy (None with publish.verify off); tags record both.
 
-    Raises VerificationError when the reloaded adapter differs from the trained one.
+    A copy that differs from the trained adapter does not raise here: the caller records it first.
     """
     hub_base = models.hub_id_of(cfg.model.name, cfg.model.hub_id)
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,17 +77,14 @@ def publish_and_verify(
             flow=flow,
         )
         published = push_to_hub(adapter_dir, cfg.publish, card, token, run_id)
-        story["published"] = {"uri": published.uri, "location": published.location}
         tracking.set_tags({"publish.uri": published.uri})
         if not publishing.publish_logs_adapter(cfg.publish.uri):  # else it would be logged twice
             tracking.log_artifacts(adapter_dir, "adapter")
     if not cfg.publish.verify:
-        return
+        return published, None
     verification = reload_and_verify(
         published.uri, model, tokenizer, base_path, cfg.eval.sample_prompts, cfg.publish, token
     )
-    story["verify"] = verification.__dict__
     tracking.set_tags({"verify.status": "passed" if verification.passed else "failed"})
     tracking.log_metrics({"verify_max_abs_logit_diff": verification.max_abs_logit_diff})
-    if not verification.passed:
-        raise publishing.VerificationError(verification.reason)
+    return published, verification

@@ -1,4 +1,4 @@
-"""Model loading: resolve a name to weights, load model and tokenizer, freeze it and apply LoRA.
+"""Model loading: resolve a name to weights, load model and tokenizer.
 
 A model name is one of
 - a Hub id (`Qwen/Qwen2.5-1.5B-Instruct`): transformers downloads it, as for any user;
@@ -53,7 +53,7 @@ def resolve_placement(device: str = "auto", precision: str = "auto") -> Placemen
         raise ConfigError("train.device: cuda was asked for, but torch sees no CUDA device")
     if precision == "auto":
         # TRL would turn bf16 on even on the CPU, where it is slow and makes the trained and the
-        # reloaded adapter disagree (~3e-3 in logits): fp32 on the CPU, bf16 where the GPU has it.
+        # reloaded adapter disagree in their logits: fp32 on the CPU, bf16 where the GPU has it.
         # Emulated bf16 (T4, V100) counts as supported by default, yet runs far slower than fp16 there.
         native_bf16 = device == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         precision = "bf16" if native_bf16 else ("fp16" if device == "cuda" else "fp32")
@@ -248,34 +248,6 @@ def load_base_model(
     tokenizer = load_tokenizer(path, revision, trust_remote_code)
     model = load_causal_lm(path, placement, revision, trust_remote_code, attn_implementation)
     return model, tokenizer, path
-
-
-def count_parameters(model) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
-
-
-def freeze_and_apply_lora(
-    model, r: int, alpha: int, dropout: float, target_modules: list[str], gradient_checkpointing: bool = False
-):
-    """Freeze every base weight and wrap the model with fresh LoRA adapters."""
-    from peft import LoraConfig, get_peft_model
-
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    # The frozen norms keep the model's dtype: RMSNorm already computes its statistics in fp32, and
-    # an fp32 weight would make it return fp32, which a bf16/fp16 Linear rejects outside autocast
-    # (generation, evaluation and DPO scoring run the model without it).
-    if gradient_checkpointing:
-        # Checkpointed blocks need an input that requires grad, or no gradient reaches the adapters.
-        model.enable_input_require_grads()
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    targets = "all-linear" if target_modules == ["all-linear"] else list(target_modules)
-    config = LoraConfig(
-        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none", task_type="CAUSAL_LM"
-    )
-    return get_peft_model(model, config)
 
 
 def chat_template_ids(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:

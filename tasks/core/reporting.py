@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -21,8 +22,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def failure_markdown(story: dict[str, Any]) -> str:
-    """What the run got done before it failed, and why it failed."""
+def failure_markdown(story: Any) -> str:
+    """What the run got done before it failed, and why it failed.
+
+    `story`: a dict, or a dataclass whose parts the run had not reached yet are None; both name
+    the `flow` and the `error`.
+    """
+    if dataclasses.is_dataclass(story):
+        story = {k: v for k, v in dataclasses.asdict(story).items() if v is not None}
     done = {k: v for k, v in story.items() if k not in ("error", "flow")}
     return (
         f"# {story['flow']}: FAILED\n\n**Reason:** {story.get('error', 'unknown')}\n\n"

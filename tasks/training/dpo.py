@@ -17,93 +17,23 @@ counts as half a win: the untrained policy scores 0.5, chance, and the gate comp
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from tasks.core import models
-from tasks.core.config import option, require
+from tasks.core import models, tracking
 from tasks.core.models import Placement
+from tasks.training.config import DpoFinetuneConfig
 from tasks.training.memory import decide_checkpointing
-from tasks.training.options import DataOptions, EvalOptions, LoraOptions, ModelOptions, PublishOptions, TrainOptions
 from tasks.training.trainer import TrainResult, mlflow_log_callback, run_trainer, trainer_arguments, use_liger
 
 log = logging.getLogger(__name__)
 
-# The loss types of TRL 1.16 that work on plain preference pairs (no extra columns or settings).
-LossType = Literal[
-    "sigmoid",
-    "ipo",
-    "hinge",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "nca_pair",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sigmoid_norm",
-]
-
 
 class QualityGateFailed(RuntimeError):
     """The trained adapter does not beat the gate: nothing is published."""
-
-
-@dataclass
-class DpoOptions:
-    beta: float = option(0.1, help="how far the policy may move from the reference (IPO: the regularizer tau)")
-    loss_type: LossType = option("sigmoid", help="TRL loss: sigmoid (the DPO paper), ipo, hinge, robust, ...")
-    precompute_ref_log_probs: bool = option(
-        False, help="score every pair with the reference once, before training, instead of once per step"
-    )
-    max_prompt_tokens: int = option(
-        256,
-        help="prompts longer than this lose their oldest turns first; a pair "
-        "whose last user turn alone is longer is reported and dropped",
-    )
-    min_reward_accuracy: float = option(
-        0.5, help="quality gate: publish only when the held-out reward accuracy beats this and the untrained policy's"
-    )
-
-    def __post_init__(self) -> None:
-        require(self.beta > 0, "dpo.beta", f"must be positive, got {self.beta}")
-        require(
-            self.max_prompt_tokens >= 8, "dpo.max_prompt_tokens", f"must be at least 8, got {self.max_prompt_tokens}"
-        )
-        require(
-            0.0 <= self.min_reward_accuracy < 1.0,
-            "dpo.min_reward_accuracy",
-            f"must be in [0, 1), got {self.min_reward_accuracy}",
-        )
-
-
-@dataclass
-class DpoFinetuneConfig:
-    """`dpo-finetune`: preference pairs → policy (+ optional SFT adapter) → LoRA → DPO → evaluate → gate → publish → verify."""
-
-    model: ModelOptions = field(default_factory=ModelOptions)
-    data: DataOptions = field(default_factory=DataOptions)
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    train: TrainOptions = field(default_factory=TrainOptions)
-    eval: EvalOptions = field(default_factory=EvalOptions)
-    publish: PublishOptions = field(default_factory=PublishOptions)
-    dpo: DpoOptions = field(default_factory=DpoOptions)
-    init_adapter: str | None = option(
-        None,
-        help="start from a published adapter (mlflow://, hf://, file:// URI, "
-        "e.g. a lora-finetune SFT adapter); it is also the reference",
-    )
-
-    def __post_init__(self) -> None:
-        require(self.data.format == "auto", "data.format", "preference rows are detected per row; leave it at auto")
-        require(
-            self.dpo.max_prompt_tokens < self.model.max_length,
-            "dpo.max_prompt_tokens",
-            f"must be smaller than model.max_length={self.model.max_length} to leave room for the replies",
-        )
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -290,6 +220,15 @@ def quality_gate(base_accuracy: float, trained_accuracy: float, threshold: float
         f"held-out reward accuracy {trained_accuracy:.3f} beats dpo.min_reward_accuracy="
         f"{threshold:.3f} and the untrained policy's {base_accuracy:.3f}",
     )
+
+
+def require_gate(base: Evaluation, trained: Evaluation, threshold: float) -> Gate:
+    """The gate, recorded in MLflow tags; QualityGateFailed (nothing is published) when it fails."""
+    gate = quality_gate(base.metrics["rewards/accuracies"], trained.metrics["rewards/accuracies"], threshold)
+    tracking.set_tags({"gate.status": "passed" if gate.passed else "failed", "gate.reason": gate.reason})
+    if not gate.passed:
+        raise QualityGateFailed(f"quality gate failed, nothing published: {gate.reason}")
+    return gate
 
 
 def metrics_for_card(base: Evaluation, trained: Evaluation) -> dict[str, Any]:

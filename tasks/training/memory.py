@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from tasks.core.models import Placement
-from tasks.training.options import TrainOptions
+from tasks.training.config import TrainOptions
 
 log = logging.getLogger(__name__)
 

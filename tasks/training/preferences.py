@@ -15,7 +15,7 @@ Formats, detected per row:
   prompt is the shared text up to the last shared "\\n\\nAssistant:" (a naive split breaks: some
   replies themselves contain "\\n\\nHuman:"), split into user/assistant turns.
 
-Sources are those of `tasks.training.data.read_records` (local json/jsonl/parquet/csv, a Hub id). The offline
+Sources are those of `tasks.training.rows.read_records` (local json/jsonl/parquet/csv, a Hub id). The offline
 demo, `pypi:chatterbot-corpus/LANGUAGE`, builds pairs from the dialogue corpus shipped on PyPI:
 the corpus reply to a question is preferred over a reply taken from a conversation on another topic.
 
@@ -31,10 +31,47 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tasks.training.data import BadRow, DataError, Message, fingerprint, parse_messages, read_records
+from tasks.core import models
+from tasks.training.config import DataOptions, ModelOptions
+from tasks.training.rows import (
+    CHATTERBOT,
+    BadRow,
+    DataError,
+    Message,
+    RawRecord,
+    SourcedRow,
+    fingerprint,
+    normalize_records,
+    parse_messages,
+    read_records,
+    refuse_bad_rows,
+)
 
 HUMAN, ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 PreferenceRow = dict[str, list[Message]]
+
+
+@dataclass(frozen=True)
+class PreferenceSummary:
+    """What `dpo-finetune` trains and evaluates on, in numbers, and the rows it reported."""
+
+    train_pairs: int
+    eval_pairs: int
+    formats: dict[str, int]
+    bad_rows: int
+    too_long: int
+    trimmed_prompts: int
+    fingerprint: str
+    reported: list[str]  # every malformed or too-long row, with its file and row number
+
+    def metrics(self) -> dict[str, float]:
+        """The counts MLflow records."""
+        return {
+            "data_train_pairs": self.train_pairs,
+            "data_eval_pairs": self.eval_pairs,
+            "data_bad_rows": self.bad_rows,
+            "data_too_long": self.too_long,
+        }
 
 
 @dataclass
@@ -47,16 +84,17 @@ class PreferenceData:
     trimmed_prompts: int = 0  # prompts whose oldest turns were cut to fit max_prompt_tokens
     fingerprint: str = ""
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "train_pairs": len(self.train),
-            "eval_pairs": len(self.eval),
-            "formats": dict(self.formats),
-            "bad_rows": len(self.bad_rows),
-            "too_long": len(self.too_long),
-            "trimmed_prompts": self.trimmed_prompts,
-            "fingerprint": self.fingerprint,
-        }
+    def summary(self) -> PreferenceSummary:
+        return PreferenceSummary(
+            train_pairs=len(self.train),
+            eval_pairs=len(self.eval),
+            formats=dict(self.formats),
+            bad_rows=len(self.bad_rows),
+            too_long=len(self.too_long),
+            trimmed_prompts=self.trimmed_prompts,
+            fingerprint=self.fingerprint,
+            reported=[str(b) for b in self.bad_rows + self.too_long],
+        )
 
 
 # --- one row of any format -> the internal shape ----------------------------------------------
@@ -175,7 +213,7 @@ def normalize_pair(record: Any) -> tuple[PreferenceRow, str]:
 # --- the offline demo: pairs built from the chatterbot corpus on PyPI -------------------------
 
 
-def chatterbot_pairs(source: str, seed: int) -> list[tuple[str, int, Any, str | None]]:
+def chatterbot_pairs(source: str, seed: int) -> list[RawRecord]:
     """(file, row, record, error): the corpus reply preferred over an off-topic reply from another file.
 
     The preference "answer the question that was asked" is one a user wants from any chat model,
@@ -207,43 +245,18 @@ def chatterbot_pairs(source: str, seed: int) -> list[tuple[str, int, Any, str | 
 # --- reading a whole source, fitting prompts, splitting ---------------------------------------
 
 
-@dataclass
-class _Pair:
-    row: PreferenceRow
-    origin: str
-    number: int
-
-
 def read_pairs(
     source: str, split: str = "train", system_prompt: str | None = None, seed: int = 42, data_dir: str | None = None
-) -> tuple[list[_Pair], list[BadRow], Counter]:
-    records = (
-        chatterbot_pairs(source, seed)
-        if source.startswith("pypi:chatterbot-corpus")
-        else read_records(source, split, data_dir)
-    )
-    pairs, bad, formats = [], [], Counter()
-    for origin, number, record, error in records:
-        if error is None:
-            try:
-                row, fmt = normalize_pair(record)
-            except ValueError as problem:
-                error = str(problem)
-        if error is not None:
-            bad.append(BadRow(origin, number, error))
-            continue
-        formats[fmt] += 1
-        if system_prompt and row["prompt"][0]["role"] != "system":
-            row["prompt"].insert(0, {"role": "system", "content": system_prompt})
-        pairs.append(_Pair(row, origin, number))
-    if not pairs and not bad:
+) -> tuple[list[SourcedRow], list[BadRow], Counter]:
+    records = chatterbot_pairs(source, seed) if source.startswith(CHATTERBOT) else read_records(source, split, data_dir)
+    read = normalize_records(records, normalize_pair, system_prompt)
+    if not read.rows and not read.bad:
         raise DataError(f"{source}: no rows")
-    return pairs, bad, formats
+    return read.rows, read.bad, read.formats
 
 
 def prompt_tokens(tokenizer, prompt: list[Message]) -> int:
-    # transformers 5 returns a dict from apply_chat_template unless return_dict=False.
-    return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
+    return len(models.chat_template_ids(tokenizer, prompt, add_generation_prompt=True))
 
 
 def fit_prompt(prompt: list[Message], tokenizer, max_tokens: int) -> list[Message] | None:
@@ -263,49 +276,40 @@ def fit_prompt(prompt: list[Message], tokenizer, max_tokens: int) -> list[Messag
         turns = turns[later_users[0] :]  # start at the next user turn: prompts begin with the user
 
 
-def _split_by_prompt(pairs: list[_Pair], eval_fraction: float, seed: int) -> tuple[list[_Pair], list[_Pair]]:
+def _split_by_prompt(
+    pairs: list[SourcedRow], eval_fraction: float, seed: int
+) -> tuple[list[SourcedRow], list[SourcedRow]]:
     """Hold out whole prompts, so no held-out question was seen in training with another reply."""
-    groups: dict[str, list[_Pair]] = {}
+    groups: dict[str, list[SourcedRow]] = {}
     for pair in pairs:
         groups.setdefault(json.dumps(pair.row["prompt"], sort_keys=True), []).append(pair)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     want = max(1, round(len(pairs) * eval_fraction))
-    held_out: list[_Pair] = []
-    train: list[_Pair] = []
+    held_out: list[SourcedRow] = []
+    train: list[SourcedRow] = []
     for key in keys:
         (held_out if len(held_out) < want else train).extend(groups[key])
     random.Random(seed + 1).shuffle(train)
     return train, held_out
 
 
-def load_preferences(
-    train: str,
-    eval: str | None = None,
-    split: str = "train",
-    eval_fraction: float = 0.1,
-    max_train_rows: int | None = None,
-    max_eval_rows: int | None = None,
-    on_bad_rows: str = "fail",
-    system_prompt: str | None = None,
-    seed: int = 42,
-    tokenizer=None,
-    max_prompt_tokens: int | None = None,
-    data_dir: str | None = None,
-) -> PreferenceData:
-    """Train and held-out pairs in the internal shape, prompts fitted to `max_prompt_tokens`."""
-    train_pairs, bad, formats = read_pairs(train, split, system_prompt, seed, data_dir)
-    if eval:
-        eval_pairs, eval_bad, eval_formats = read_pairs(eval, split, system_prompt, seed, data_dir)
+def load_preferences(options: DataOptions, tokenizer=None, max_prompt_tokens: int | None = None) -> PreferenceData:
+    """Train and held-out pairs in the internal shape, prompts fitted to `max_prompt_tokens`.
+
+    The format of each row is detected by itself (`options.format` is for instruction data).
+    """
+    o = options
+    train_pairs, bad, formats = read_pairs(o.train, o.split, o.system_prompt, o.seed, o.data_dir)
+    if o.eval:
+        eval_pairs, eval_bad, eval_formats = read_pairs(o.eval, o.split, o.system_prompt, o.seed, o.data_dir)
         bad += eval_bad
         formats += eval_formats
     else:
-        train_pairs, eval_pairs = _split_by_prompt(train_pairs, eval_fraction, seed)
-    if bad and on_bad_rows == "fail":
-        listing = "\n".join(f"  {b}" for b in bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
-        raise DataError(f"{len(bad)} malformed preference row(s); fix them or set data.on_bad_rows=drop:\n{listing}")
-    train_pairs = train_pairs[:max_train_rows] if max_train_rows else train_pairs
-    eval_pairs = eval_pairs[:max_eval_rows] if max_eval_rows else eval_pairs
+        train_pairs, eval_pairs = _split_by_prompt(train_pairs, o.eval_fraction, o.seed)
+    refuse_bad_rows(bad, o.on_bad_rows, what="preference row")
+    train_pairs = train_pairs[: o.max_train_rows] if o.max_train_rows else train_pairs
+    eval_pairs = eval_pairs[: o.max_eval_rows] if o.max_eval_rows else eval_pairs
     too_long: list[BadRow] = []
     trimmed = 0
     if tokenizer is not None and max_prompt_tokens:
@@ -324,12 +328,12 @@ def load_preferences(
                     )
                     continue
                 trimmed += prompt != pair.row["prompt"]
-                fitted.append(_Pair({**pair.row, "prompt": prompt}, pair.origin, pair.number))
+                fitted.append(SourcedRow({**pair.row, "prompt": prompt}, pair.origin, pair.number))
             fitted_sets.append(fitted)
         train_pairs, eval_pairs = fitted_sets
     if not train_pairs or not eval_pairs:
         raise DataError(
-            f"{train}: {len(train_pairs)} training and {len(eval_pairs)} held-out pairs left; need at least one of each"
+            f"{o.train}: {len(train_pairs)} training and {len(eval_pairs)} held-out pairs left; need at least one of each"
         )
     train_rows, eval_rows = [p.row for p in train_pairs], [p.row for p in eval_pairs]
     return PreferenceData(
@@ -341,3 +345,9 @@ def load_preferences(
         trimmed_prompts=trimmed,
         fingerprint=fingerprint(train_rows + eval_rows),
     )
+
+
+def load_for_model(model: ModelOptions, options: DataOptions, max_prompt_tokens: int) -> PreferenceData:
+    """The pairs `options` name, their prompts measured by `model`'s own tokenizer (chat-template tokens)."""
+    tokenizer = models.load_tokenizer(models.resolve_model_path(model.name), model.revision, model.trust_remote_code)
+    return load_preferences(options, tokenizer, max_prompt_tokens)

@@ -1,6 +1,6 @@
 """Training: the pieces both training flows share, and supervised fine-tuning (SFT) with TRL.
 
-- One checkpoint folder per configuration (a hash of the options that change the result), so
+- One checkpoint folder per configuration (`tasks.training.checkpoints`), so
   rerunning a crashed run with the same config resumes from its last checkpoint: optimizer,
   scheduler, RNG and data position included (the Trainer restores them all).
 - Precision and gradient checkpointing are decided per device: fp32 and no checkpointing on the
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib.util
 import itertools
 import json
@@ -28,44 +27,13 @@ from typing import Any
 import torch
 
 from tasks.core import models
-from tasks.core.config import ConfigError, data_dir, flatten
+from tasks.core.config import ConfigError
 from tasks.core.models import Placement
+from tasks.training.checkpoints import last_checkpoint
+from tasks.training.config import TrainOptions
 from tasks.training.memory import decide_checkpointing, use_gradient_checkpointing
-from tasks.training.options import TrainOptions
 
 log = logging.getLogger(__name__)
-
-# Options that never change what is trained: a rerun that differs only in these resumes.
-RESUME_NEUTRAL = (
-    "publish.",
-    "eval.",
-    "train.resume",
-    "train.output_dir",
-    "train.num_threads",
-    "train.logging_steps",
-    "train.save_steps",
-    "train.save_total_limit",
-    "data.max_eval_rows",
-)
-
-
-def checkpoint_dir(flow: str, config: Any) -> Path:
-    """`train.output_dir`, or a folder named after the config's training-relevant options."""
-    if config.train.output_dir:
-        return Path(config.train.output_dir).expanduser().resolve()
-    relevant = {k: v for k, v in flatten(config).items() if not k.startswith(RESUME_NEUTRAL)}
-    # `auto` as this machine resolves it: a checkpoint written on the CPU in fp32 must not resume on
-    # a GPU in bf16 (nor the other way round), and `auto` and its resolved value are the same run.
-    placement = models.resolve_placement(config.train.device, config.train.precision)
-    relevant.update({"train.device": placement.device, "train.precision": placement.precision})
-    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return data_dir() / "checkpoints" / flow / digest
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
 
 
 PACKED_SDPA = "packed_sdpa"
@@ -79,7 +47,7 @@ def packed_sdpa_attention(
     A padding-free batch is a single row of many documents. Plain sdpa attends over the whole row
     under a block-diagonal mask, so it pays for the row's length squared; cutting the row at the
     document boundaries the collator passes (`cu_seq_lens_q`) pays for the sum of the documents'
-    squares: on this CPU, 8 packed rows of ~110 tokens, a quarter of the attention time.
+    squares.
     Padded batches and generation (a KV cache, no boundaries) take plain sdpa.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -311,8 +279,3 @@ def train_sft(
     result = run_trainer(trainer, output_dir, options.resume)
     model.eval()
     return result
-
-
-def remove_checkpoints(output_dir: str | Path) -> None:
-    """After a run has published its adapter, its checkpoints are only disk: a rerun starts fresh."""
-    shutil.rmtree(output_dir, ignore_errors=True)

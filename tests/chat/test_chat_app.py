@@ -335,9 +335,10 @@ def test_a_published_adapter_is_offered_and_answers(tiny_model_dir, tmp_path):
     from tasks.chat.sampling import SamplingSettings
     from tasks.chat.service import ChatService
     from tasks.core import models, tracking
+    from tasks.training import freeze_and_apply_lora
 
     model, tokenizer, _ = models.load_base_model(str(tiny_model_dir), models.resolve_placement("cpu"))
-    peft_model = models.freeze_and_apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
+    peft_model = freeze_and_apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"])
     torch.manual_seed(0)  # a fixed adapter: some random draws leave the greedy reply unchanged
     with torch.no_grad():  # a trained adapter changes the output; a fresh one (B = 0) would not
         for name, parameter in peft_model.named_parameters():

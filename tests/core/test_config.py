@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.core.config import ConfigError, flatten, load_config
-from tasks.training.options import LoraFinetuneConfig
+from tasks.training.config import LoraFinetuneConfig
 
 
 def test_yaml_and_overrides_build_typed_values(tmp_path):

@@ -34,7 +34,8 @@ def trained(tiny_model_dir, tmp_path_factory):
     """(LoRA model after one step, tokenizer, base path, saved adapter folder)."""
     import torch
 
-    from tasks.core.models import freeze_and_apply_lora, load_base_model, resolve_placement
+    from tasks.core.models import load_base_model, resolve_placement
+    from tasks.training import freeze_and_apply_lora
 
     torch.manual_seed(0)
     model, tokenizer, base_path = load_base_model(str(tiny_model_dir), resolve_placement("cpu", "fp32"))
@@ -296,7 +297,8 @@ def test_verify_a_bf16_adapter_trained_under_autocast(tiny_model_dir, tmp_path):
     """Half-precision training upcasts the norms to fp32: the model only runs under autocast."""
     import torch
 
-    from tasks.core.models import freeze_and_apply_lora, load_base_model, resolve_placement
+    from tasks.core.models import load_base_model, resolve_placement
+    from tasks.training import freeze_and_apply_lora
 
     model, tokenizer, base_path = load_base_model(str(tiny_model_dir), resolve_placement("cpu", "bf16"))
     model = freeze_and_apply_lora(model, r=4, alpha=8, dropout=0.0, target_modules=["all-linear"])

@@ -14,12 +14,13 @@ import pytest
 
 from tasks.core.config import ConfigError, load_config
 from tasks.training import data
+from tasks.training.config import DataOptions
 
 # --- configs ----------------------------------------------------------------------------------
 
 
 def dpo_config(overrides):
-    from tasks.training.dpo import DpoFinetuneConfig
+    from tasks.training.config import DpoFinetuneConfig
 
     return load_config(DpoFinetuneConfig, "configs/dpo_demo.yaml", overrides)
 
@@ -55,14 +56,14 @@ def test_flow_configs_refuse_bad_values_naming_the_key(build, override, message)
 
 
 def test_a_missing_config_file_names_the_path(tmp_path):
-    from tasks.training.dpo import DpoFinetuneConfig
+    from tasks.training.config import DpoFinetuneConfig
 
     with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'nope.yaml'}"):
         load_config(DpoFinetuneConfig, tmp_path / "nope.yaml")
 
 
 def test_a_wrong_type_in_a_yaml_file_names_the_key(tmp_path):
-    from tasks.training.options import LoraFinetuneConfig
+    from tasks.training.config import LoraFinetuneConfig
 
     path = tmp_path / "c.yaml"
     path.write_text("train:\n  max_steps: [10]\nlora:\n  r: 8\n")
@@ -88,7 +89,7 @@ def test_every_kind_of_bad_row_is_named_and_the_good_rows_all_survive(tmp_path):
     path.write_bytes(b"\n".join(lines) + b"\n")
 
     with pytest.raises(data.DataError) as error:
-        data.load_sft_data(str(path), eval_fraction=0.2)
+        data.load_sft_data(DataOptions(train=str(path), eval_fraction=0.2))
     message = str(error.value)
     assert message.startswith("5 malformed row(s); fix them or set data.on_bad_rows=drop")
     for expected in (
@@ -100,7 +101,7 @@ def test_every_kind_of_bad_row_is_named_and_the_good_rows_all_survive(tmp_path):
     ):
         assert expected in message
 
-    kept = data.load_sft_data(str(path), eval_fraction=0.2, on_bad_rows="drop")
+    kept = data.load_sft_data(DataOptions(train=str(path), eval_fraction=0.2, on_bad_rows="drop"))
     assert next(str(b) for b in kept.bad_rows) == "mixed.jsonl row 5: missing field 'output'"
     questions = sorted(r["prompt"][-1]["content"] for r in kept.train + kept.eval)
     assert questions == sorted(r["instruction"] for r in good)  # every good row, none twice
@@ -110,7 +111,7 @@ def test_invalid_utf8_in_a_json_array_names_the_file_and_byte(tmp_path):
     path = tmp_path / "array.json"
     path.write_bytes(b'[{"instruction": "ok", "output": "fine"}, {"instruction": "\xff", "output": "x"}]')
     with pytest.raises(data.DataError, match=f"{path}: invalid UTF-8 at byte 59"):
-        data.load_sft_data(str(path))
+        data.load_sft_data(DataOptions(train=str(path)))
 
 
 def test_rows_longer_than_max_length_are_truncated_or_dropped_and_counted(tiny_model_dir):
@@ -127,7 +128,7 @@ def test_rows_longer_than_max_length_are_truncated_or_dropped_and_counted(tiny_m
         "completion": [{"role": "assistant", "content": "Yes."}],
     }
     tokenized = data.tokenize_rows([short, long_reply, long_prompt, short], tokenizer, max_length=64)
-    assert tokenized.summary()["truncated"] == 1 and tokenized.summary()["dropped"] == 1
+    assert tokenized.summary().truncated == 1 and tokenized.summary().dropped == 1
     assert len(tokenized.examples) == 3  # the short rows and the truncated one train
     assert all(len(e["input_ids"]) <= 64 for e in tokenized.examples)
     truncated = tokenized.examples[1]
@@ -136,7 +137,7 @@ def test_rows_longer_than_max_length_are_truncated_or_dropped_and_counted(tiny_m
 
 def test_a_data_file_that_does_not_exist_is_named():
     with pytest.raises(data.DataError, match="data file not found: /nonexistent/train.jsonl"):
-        data.load_sft_data("/nonexistent/train.jsonl")
+        data.load_sft_data(DataOptions(train="/nonexistent/train.jsonl"))
 
 
 def test_the_chatterbot_corpus_one_line_conversation_is_reported_not_trained():

@@ -209,8 +209,7 @@ class _Tripwire:
 
 def test_trust_remote_code_is_off_by_default():
     from tasks.core.config import load_config
-    from tasks.training.dpo import DpoFinetuneConfig
-    from tasks.training.options import LoraFinetuneConfig, ModelOptions
+    from tasks.training.config import DpoFinetuneConfig, LoraFinetuneConfig, ModelOptions
 
     assert ModelOptions().trust_remote_code is False
     for cls, path in ((LoraFinetuneConfig, "configs/lora_demo.yaml"), (DpoFinetuneConfig, "configs/dpo_demo.yaml")):

@@ -8,7 +8,7 @@ import pytest
 
 from tasks.core.config import ConfigError, load_config
 from tasks.training import data
-from tasks.training.options import LoraFinetuneConfig
+from tasks.training.config import DataOptions, LoraFinetuneConfig
 
 
 def write_jsonl(path, records):
@@ -57,7 +57,7 @@ def test_bad_rows_are_reported_with_file_and_row(tmp_path):
     ]
     path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"instruction": "bad \xff byte", "output": "x"}\n')
     with pytest.raises(data.DataError) as error:
-        data.load_sft_data(str(path), eval_fraction=0.5)
+        data.load_sft_data(DataOptions(train=str(path), eval_fraction=0.5))
     message = str(error.value)
     assert "5 malformed row(s)" in message and "data.on_bad_rows=drop" in message
     for expected in (
@@ -68,7 +68,7 @@ def test_bad_rows_are_reported_with_file_and_row(tmp_path):
         "mixed.jsonl row 7: invalid UTF-8",
     ):
         assert expected in message
-    kept = data.load_sft_data(str(path), eval_fraction=0.5, on_bad_rows="drop")
+    kept = data.load_sft_data(DataOptions(train=str(path), eval_fraction=0.5, on_bad_rows="drop"))
     assert len(kept.train) + len(kept.eval) == 2 and len(kept.bad_rows) == 5
 
 
@@ -96,9 +96,9 @@ def test_csv_and_parquet_go_through_datasets(tmp_path):
 def test_eval_split_is_seeded_and_disjoint(sample_data):
     alpaca = str(sample_data / "instructions_60.json")
     with pytest.raises(data.DataError, match="instructions_60.json row 23: field 'output' is empty"):
-        data.load_sft_data(alpaca)  # data as people write it has bad rows: by default nothing trains
-    first = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
-    again = data.load_sft_data(alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
+        data.load_sft_data(DataOptions(train=alpaca))  # data as people write it has bad rows: by default nothing trains
+    options = DataOptions(train=alpaca, eval_fraction=0.1, max_eval_rows=None, seed=1, on_bad_rows="drop")
+    first, again = data.load_sft_data(options), data.load_sft_data(options)
     assert [b.row for b in first.bad_rows] == [23, 47]
     assert first.format == "alpaca" and len(first.train) + len(first.eval) == 60 - len(first.bad_rows)
     assert first.eval == again.eval and first.fingerprint == again.fingerprint
@@ -118,7 +118,7 @@ def test_data_dir_reads_one_folder_of_a_hub_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", lambda path, **kwargs: load_dataset(hub[path], **kwargs))
 
     assert len(data.read_rows("org/sums")[0]) == 8  # no data_dir: every folder
-    loaded = data.load_sft_data("org/sums", data_dir="short", eval_fraction=0.25)
+    loaded = data.load_sft_data(DataOptions(train="org/sums", data_dir="short", eval_fraction=0.25))
     rows = loaded.train + loaded.eval
     assert len(rows) == 4 and {r["completion"][0]["content"] for r in rows} == {"5"}
 
@@ -133,12 +133,14 @@ def test_data_dir_must_be_a_folder_inside_the_dataset(value):
 def test_explicit_eval_file_and_row_limits(tmp_path):
     train = write_jsonl(tmp_path / "t.jsonl", [GOOD["prompt_completion"]] * 20)
     held = write_jsonl(tmp_path / "e.jsonl", [GOOD["sharegpt"]] * 5)
-    loaded = data.load_sft_data(str(train), eval=str(held), max_train_rows=7, max_eval_rows=3)
+    loaded = data.load_sft_data(DataOptions(train=str(train), eval=str(held), max_train_rows=7, max_eval_rows=3))
     assert len(loaded.train) == 7 and len(loaded.eval) == 3
 
 
 def test_the_demo_corpus_reads_from_its_pypi_package():
-    loaded = data.load_sft_data("pypi:chatterbot-corpus/english", on_bad_rows="drop")
+    loaded = data.load_sft_data(
+        DataOptions(train="pypi:chatterbot-corpus/english", on_bad_rows="drop", max_eval_rows=None)
+    )
     assert len(loaded.train) > 1500 and loaded.format == "messages"
     # The corpus has one one-line "conversation": reported, not silently lost.
     assert [str(b) for b in loaded.bad_rows] == ["trivia.yml row 14: conversation has fewer than two turns"]

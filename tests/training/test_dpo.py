@@ -11,6 +11,8 @@ from tasks import publishing
 from tasks.core import models
 from tasks.core.config import ConfigError, load_config
 from tasks.training import dpo
+from tasks.training.config import DpoFinetuneConfig
+from tasks.training.lora import freeze_and_apply_lora
 
 POLITE, RUDE = "Thank you very much for asking.", "The quick brown fox jumps over the lazy dog."
 
@@ -27,9 +29,9 @@ def pairs(n: int, offset: int = 0) -> list[dict]:
     ]
 
 
-def tiny_config(tiny_model_dir, tmp_path, *overrides: str) -> dpo.DpoFinetuneConfig:
+def tiny_config(tiny_model_dir, tmp_path, *overrides: str) -> DpoFinetuneConfig:
     return load_config(
-        dpo.DpoFinetuneConfig,
+        DpoFinetuneConfig,
         None,
         [
             f"model.name={tiny_model_dir}",
@@ -51,10 +53,10 @@ def tiny_config(tiny_model_dir, tmp_path, *overrides: str) -> dpo.DpoFinetuneCon
     )
 
 
-def policy(cfg: dpo.DpoFinetuneConfig):
+def policy(cfg: DpoFinetuneConfig):
     placement = models.resolve_placement("cpu")
     model, tokenizer, _ = models.load_base_model(cfg.model.name, placement)
-    model = models.freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    model = freeze_and_apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
     return model, tokenizer, placement
 
 
@@ -77,14 +79,14 @@ def base_weights(model) -> dict[str, torch.Tensor]:
 )
 def test_bad_options_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
-        load_config(dpo.DpoFinetuneConfig, None, [override])
+        load_config(DpoFinetuneConfig, None, [override])
 
 
 def test_shipped_configs_load():
     for name in ("dpo_demo", "dpo_hh_rlhf", "sft_then_dpo"):
-        cfg = load_config(dpo.DpoFinetuneConfig, f"configs/{name}.yaml")
+        cfg = load_config(DpoFinetuneConfig, f"configs/{name}.yaml")
         assert cfg.dpo.max_prompt_tokens < cfg.model.max_length
-    assert load_config(dpo.DpoFinetuneConfig, "configs/sft_then_dpo.yaml").init_adapter
+    assert load_config(DpoFinetuneConfig, "configs/sft_then_dpo.yaml").init_adapter
 
 
 # --- the quality gate -------------------------------------------------------------------------

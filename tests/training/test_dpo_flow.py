@@ -139,14 +139,14 @@ def test_sft_then_dpo_starts_from_a_lora_finetune_publish(prefect_harness, tiny_
 
     train = write_jsonl(tmp_path / "prefs.jsonl", [hh_pair(i, POLITE, RUDE) for i in range(32)])
     published = tmp_path / "dpo"
-    story = dpo_finetune(
+    run = dpo_finetune(
         config="configs/sft_then_dpo.yaml",
         overrides=tiny_overrides(tiny_model_dir, tmp_path, train, published) + [f"init_adapter=file://{sft_dir}"],
     )
-    assert story["params"]["start"].startswith(f"adapter file://{sft_dir}")
-    assert story["eval"]["untrained"]["rewards/accuracies"] == 0.5  # starts at its reference: the SFT adapter
-    assert story["eval"]["trained"]["rewards/accuracies"] > 0.9
-    assert story["verify"]["passed"]
+    assert run.params.start.startswith(f"adapter file://{sft_dir}")
+    assert run.evaluation.untrained["rewards/accuracies"] == 0.5  # starts at its reference: the SFT adapter
+    assert run.evaluation.trained["rewards/accuracies"] > 0.9
+    assert run.publication.verification.passed
     sft_config = json.loads((sft_dir / "adapter_config.json").read_text())
     dpo_config = json.loads((published / "adapter_config.json").read_text())
     assert dpo_config["r"] == sft_config["r"] == 4  # the SFT adapter's shape, trained further
@@ -156,11 +156,12 @@ def test_sft_then_dpo_starts_from_a_lora_finetune_publish(prefect_harness, tiny_
 def test_init_adapter_for_another_base_model_is_refused(prefect_harness, tiny_model_dir, tmp_path):
     from flows.dpo_finetune import dpo_finetune
     from tasks.core import models
+    from tasks.training.lora import freeze_and_apply_lora
 
     # A real adapter folder whose record names another base model.
     model, _, _ = models.load_base_model(str(tiny_model_dir), models.resolve_placement("cpu"))
     folder = tmp_path / "foreign"
-    models.freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]).save_pretrained(folder)
+    freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]).save_pretrained(folder)
     (folder / "ftllm.json").write_text(json.dumps({"base_model": "HuggingFaceTB/SmolLM2-360M-Instruct"}))
     train = write_jsonl(tmp_path / "prefs.jsonl", [hh_pair(i, POLITE, RUDE) for i in range(8)])
     state = dpo_finetune(

@@ -13,7 +13,8 @@ from tasks.core import models
 from tasks.core.config import ConfigError
 from tasks.training import memory
 from tasks.training import trainer as training
-from tasks.training.options import TrainOptions
+from tasks.training.config import TrainOptions
+from tasks.training.lora import freeze_and_apply_lora
 
 CPU = models.Placement("cpu", "fp32")
 GPU = models.Placement("cuda", "bf16")  # a description only: the selection logic needs no GPU
@@ -106,7 +107,7 @@ def test_fast_path_loss_matches_the_notebook_baseline(tiny_model_dir):
 
 def test_default_sft_trainer_on_the_cpu_is_packed_padding_free_without_checkpointing(tiny, tmp_path):
     model, tokenizer = tiny
-    lora = models.freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"])
+    lora = freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"])
     rows = [{"input_ids": ids, "completion_mask": [0] * 3 + [1] * (len(ids) - 3)} for ids in documents(tokenizer)] * 4
     options = TrainOptions(max_steps=1, save_steps=10)
     trainer = training.sft_trainer(lora, tokenizer, rows, options, CPU, tmp_path, max_length=64)
@@ -169,7 +170,7 @@ def test_liger_precision_and_attention_by_device(tmp_path):
 def test_memory_probe_counts_saved_activations(tiny):
     """The probe behind auto checkpointing: linear in tokens, and checkpointing keeps far less."""
     model, tokenizer = tiny
-    lora = models.freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"])
+    lora = freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"])
     lora.train()
     ids = (documents(tokenizer)[0] * 20)[:96]
 

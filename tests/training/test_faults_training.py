@@ -55,7 +55,7 @@ MAX_STEPS, SAVE_STEPS = 60, 10
 
 
 def lora_setup(tiny_model_dir: Path, tmp_path: Path):
-    from tasks.training.options import LoraFinetuneConfig
+    from tasks.training.config import LoraFinetuneConfig
 
     overrides = [
         f"model.name={tiny_model_dir}",
@@ -78,7 +78,7 @@ def lora_setup(tiny_model_dir: Path, tmp_path: Path):
 
 
 def dpo_setup(tiny_model_dir: Path, tmp_path: Path):
-    from tasks.training.dpo import DpoFinetuneConfig
+    from tasks.training.config import DpoFinetuneConfig
 
     overrides = [
         f"model.name={tiny_model_dir}",
@@ -175,13 +175,13 @@ def test_killed_training_resumes_from_its_checkpoint(setup, prefect_server, tiny
 
 
 def _checkpoint_dir(config_cls, config: str, overrides: list[str], data_dir: Path, flow: str) -> Path:
-    """`tasks.training.trainer.checkpoint_dir` as the child computes it under its FTLLM_DATA_DIR."""
-    from tasks.training import trainer as training
+    """`tasks.training.checkpoints.checkpoint_dir` as the child computes it under its FTLLM_DATA_DIR."""
+    from tasks.training import checkpoints
 
     previous = os.environ.get("FTLLM_DATA_DIR")
     os.environ["FTLLM_DATA_DIR"] = str(data_dir)
     try:
-        return training.checkpoint_dir(flow, load_config(config_cls, config, overrides))
+        return checkpoints.checkpoint_dir(flow, load_config(config_cls, config, overrides))
     finally:
         os.environ["FTLLM_DATA_DIR"] = previous or ""
 

@@ -22,9 +22,9 @@ from tasks.core import models
 from tasks.core.config import PROJECT_ROOT, load_config
 from tasks.publishing import verify
 from tasks.publishing.verify import LOGITS_TOLERANCE
-from tasks.training import dpo, memory
+from tasks.training import checkpoints, dpo, freeze_and_apply_lora, memory
 from tasks.training import trainer as training
-from tasks.training.options import LoraFinetuneConfig, PublishOptions, TrainOptions
+from tasks.training.config import LoraFinetuneConfig, PublishOptions, TrainOptions
 from tests.doubles import liger as fake_liger
 
 GPU = models.Placement("cuda", "bf16")  # a description: the code under test only reads it
@@ -45,7 +45,7 @@ def sft_rows(tokenizer, n: int = 12) -> list[dict[str, list[int]]]:
 
 def lora_model(tiny_model_dir, placement: models.Placement):
     model, tokenizer, base_path = models.load_base_model(str(tiny_model_dir), placement)
-    return models.freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]), tokenizer, base_path
+    return freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]), tokenizer, base_path
 
 
 def quick_train(precision: str) -> TrainOptions:
@@ -290,7 +290,7 @@ def test_saved_activations_grow_linearly_only_with_per_document_attention(tiny_m
     model, tokenizer, _ = models.load_base_model(
         str(tiny_model_dir), models.Placement("cpu", "fp32"), attn_implementation=attention
     )
-    model = models.freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]).train()
+    model = freeze_and_apply_lora(model, 4, 8, 0.0, ["all-linear"]).train()
     collate = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)
     docs = [tokenizer(t)["input_ids"] for t in TEXTS]
 
@@ -321,7 +321,7 @@ def test_auto_precision_takes_bf16_only_where_the_gpu_has_it(monkeypatch, native
 
 def test_checkpoint_folder_hashes_the_resolved_placement(monkeypatch):
     def folder(*overrides: str) -> Path:
-        return training.checkpoint_dir("lora-finetune", load_config(LoraFinetuneConfig, None, list(overrides)))
+        return checkpoints.checkpoint_dir("lora-finetune", load_config(LoraFinetuneConfig, None, list(overrides)))
 
     on_cpu = folder()  # auto/auto on this CPU is cpu/fp32
     assert on_cpu == folder("train.device=cpu", "train.precision=fp32")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core.config import load_config
-from tasks.training.options import LoraFinetuneConfig
+from tasks.training.config import LoraFinetuneConfig
 
 COLORS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 
@@ -55,23 +55,24 @@ def test_flow_trains_tracks_publishes_and_verifies(prefect_harness, tiny_model_d
     from flows.lora_finetune import lora_finetune
 
     data_file = write_tiny_dataset(tmp_path / "colors.jsonl")
-    story = lora_finetune(
+    run = lora_finetune(
         config="configs/lora_demo.yaml",
         overrides=tiny_overrides(tiny_model_dir, data_file, "mlflow://tiny-colors-lora"),
     )
 
     # Training helped on held-out data, and the published adapter is the trained one.
-    assert story["eval"]["eval_loss"] < story["eval"]["base_eval_loss"] - 0.5
-    assert story["verify"]["passed"] and story["verify"]["tensors_identical"]
-    assert story["verify"]["max_abs_logit_diff"] <= 1e-4
-    assert story["published"]["uri"] == "mlflow://tiny-colors-lora/1"
-    assert story["train"]["steps"] == 30 and story["train"]["tokens_per_second"] > 0
-    assert not Path(story["train"]["output_dir"]).exists()  # published: checkpoints removed
+    verification = run.publication.verification
+    assert run.evaluation.eval_loss < run.evaluation.base_eval_loss - 0.5
+    assert verification.passed and verification.tensors_identical
+    assert verification.max_abs_logit_diff <= 1e-4
+    assert run.publication.published.uri == "mlflow://tiny-colors-lora/1"
+    assert run.train.steps == 30 and run.train.tokens_per_second > 0
+    assert not Path(run.train.output_dir).exists()  # published: checkpoints removed
 
     # MLflow conventions that dashboards rely on.
     experiment = mlflow_client.get_experiment_by_name("lora-finetune")
-    run = mlflow_client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])[0]
-    params, metrics, tags = run.data.params, run.data.metrics, run.data.tags
+    tracked = mlflow_client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])[0]
+    params, metrics, tags = tracked.data.params, tracked.data.metrics, tracked.data.tags
     assert params["train.max_steps"] == "30" and params["lora.r"] == "8"
     assert params["model.name"] == str(tiny_model_dir) and params["publish.uri"] == "mlflow://tiny-colors-lora"
     for name in (
@@ -83,14 +84,14 @@ def test_flow_trains_tracks_publishes_and_verifies(prefect_harness, tiny_model_d
         "train_loss",
     ):
         assert name in metrics, name
-    curve = mlflow_client.get_metric_history(run.info.run_id, "train_loss")
+    curve = mlflow_client.get_metric_history(tracked.info.run_id, "train_loss")
     assert [m.step for m in curve] == [5, 10, 15, 20, 25, 30]
     assert tags["verify.status"] == "passed" and tags["publish.uri"] == "mlflow://tiny-colors-lora/1"
     assert len(tags["dataset.fingerprint"]) == 16 and tags["prefect.flow_run_id"]
     assert tags["git.commit"]
-    artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
+    artifacts = {a.path for a in mlflow_client.list_artifacts(tracked.info.run_id)}
     assert {"config.yaml", "adapter"} <= artifacts
-    adapter_files = {Path(a.path).name for a in mlflow_client.list_artifacts(run.info.run_id, "adapter")}
+    adapter_files = {Path(a.path).name for a in mlflow_client.list_artifacts(tracked.info.run_id, "adapter")}
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "ftllm.json"} <= adapter_files
 
     # A second run publishes a new registry version.
@@ -98,7 +99,7 @@ def test_flow_trains_tracks_publishes_and_verifies(prefect_harness, tiny_model_d
         config="configs/lora_demo.yaml",
         overrides=tiny_overrides(tiny_model_dir, data_file, "mlflow://tiny-colors-lora", steps=10),
     )
-    assert again["published"]["uri"] == "mlflow://tiny-colors-lora/2" and again["verify"]["passed"]
+    assert again.publication.published.uri == "mlflow://tiny-colors-lora/2" and again.publication.verification.passed
 
 
 def test_flow_publishes_to_a_folder_and_the_summary_artifact_tells_the_story(prefect_harness, tiny_model_dir, tmp_path):
@@ -107,11 +108,11 @@ def test_flow_publishes_to_a_folder_and_the_summary_artifact_tells_the_story(pre
     from flows.lora_finetune import lora_finetune
 
     target = tmp_path / "published"
-    story = lora_finetune(
+    run = lora_finetune(
         config="configs/lora_demo.yaml",
         overrides=tiny_overrides(tiny_model_dir, write_tiny_dataset(tmp_path / "c.jsonl"), target.as_uri(), steps=10),
     )
-    assert story["verify"]["passed"] and (target / "adapter_model.safetensors").is_file()
+    assert run.publication.verification.passed and (target / "adapter_model.safetensors").is_file()
     card = (target / "README.md").read_text()
     assert "lora-finetune" in card and str(tiny_model_dir) not in card  # never a local path in the card
 
@@ -165,7 +166,7 @@ def test_mlflow_unreachable_fails_before_any_training(tiny_model_dir, tmp_path, 
     import socket
 
     from flows.lora_finetune import main
-    from tasks.training import trainer as training
+    from tasks.training import checkpoints
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -176,4 +177,4 @@ def test_mlflow_unreachable_fails_before_any_training(tiny_model_dir, tmp_path, 
     assert main(["--config", "configs/lora_demo.yaml"] + [a for o in overrides for a in ("--set", o)]) == 1
     err = capsys.readouterr().err
     assert f"MLflow tracking server http://127.0.0.1:{closed} is unreachable" in err
-    assert not training.checkpoint_dir("lora-finetune", cfg).exists()
+    assert not checkpoints.checkpoint_dir("lora-finetune", cfg).exists()

@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from tasks.training.data import DataError, read_records
+from tasks.training.config import DataOptions
 from tasks.training.preferences import (
     fit_prompt,
     load_preferences,
@@ -18,6 +18,7 @@ from tasks.training.preferences import (
     read_pairs,
     split_hh_transcripts,
 )
+from tasks.training.rows import DataError, read_records
 
 USER = lambda text: {"role": "user", "content": text}  # noqa: E731
 BOT = lambda text: {"role": "assistant", "content": text}  # noqa: E731
@@ -135,7 +136,7 @@ def test_bad_rows_are_reported_by_file_and_row_and_the_rest_loads(tmp_path):
     ]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as failed:
-        load_preferences(str(path), eval_fraction=0.5)
+        load_preferences(DataOptions(train=str(path), eval_fraction=0.5))
     message = str(failed.value)
     assert "3 malformed preference row(s)" in message
     for expected in (
@@ -144,7 +145,7 @@ def test_bad_rows_are_reported_by_file_and_row_and_the_rest_loads(tmp_path):
         "prefs.jsonl row 4: field 'chosen' is missing or empty",
     ):
         assert expected in message
-    loaded = load_preferences(str(path), eval_fraction=0.5, on_bad_rows="drop")
+    loaded = load_preferences(DataOptions(train=str(path), eval_fraction=0.5, on_bad_rows="drop"))
     assert [str(b) for b in loaded.bad_rows] == [line.split("  ")[-1] for line in message.splitlines()[1:]]
     assert len(loaded.train) + len(loaded.eval) == 2
 
@@ -156,7 +157,7 @@ def test_every_format_loads_from_files_into_one_shape(tmp_path):
         {"chosen": "\n\nHuman: Q3\n\nAssistant: good 3", "rejected": "\n\nHuman: Q3\n\nAssistant: bad 3"},
         {"prompt": [USER("Q4")], "chosen": [BOT("good 4")], "rejected": [BOT("bad 4")]},
     ]
-    loaded = load_preferences(write_jsonl(tmp_path / "mixed.jsonl", records), eval_fraction=0.25)
+    loaded = load_preferences(DataOptions(train=write_jsonl(tmp_path / "mixed.jsonl", records), eval_fraction=0.25))
     assert loaded.formats == {"prompt_chosen_rejected": 2, "chosen_rejected_messages": 1, "hh_rlhf": 1}
     rows = sorted(loaded.train + loaded.eval, key=lambda r: r["prompt"][-1]["content"])
     for i, row in enumerate(rows, start=1):
@@ -169,7 +170,7 @@ def test_parquet_and_a_separate_eval_file(tmp_path):
     train = [{"prompt": f"Q{i}", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(6)]
     datasets.Dataset.from_list(train).to_parquet(str(tmp_path / "train.parquet"))
     held_out = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "E", "chosen": "yes", "rejected": "no"}])
-    loaded = load_preferences(str(tmp_path / "train.parquet"), eval=held_out, max_train_rows=4)
+    loaded = load_preferences(DataOptions(train=str(tmp_path / "train.parquet"), eval=held_out, max_train_rows=4))
     assert len(loaded.train) == 4 and loaded.eval == [
         {"prompt": [USER("E")], "chosen": [BOT("yes")], "rejected": [BOT("no")]}
     ]
@@ -177,18 +178,18 @@ def test_parquet_and_a_separate_eval_file(tmp_path):
 
 def test_held_out_split_never_shares_a_prompt_with_training(tmp_path):
     records = [{"prompt": f"Question {i % 10}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(40)]
-    loaded = load_preferences(write_jsonl(tmp_path / "p.jsonl", records), eval_fraction=0.2, seed=3)
+    loaded = load_preferences(DataOptions(train=write_jsonl(tmp_path / "p.jsonl", records), eval_fraction=0.2, seed=3))
     train_prompts = {r["prompt"][0]["content"] for r in loaded.train}
     eval_prompts = {r["prompt"][0]["content"] for r in loaded.eval}
     assert not train_prompts & eval_prompts
     assert len(loaded.eval) == 8 and len(loaded.train) == 32
-    again = load_preferences(write_jsonl(tmp_path / "p.jsonl", records), eval_fraction=0.2, seed=3)
+    again = load_preferences(DataOptions(train=write_jsonl(tmp_path / "p.jsonl", records), eval_fraction=0.2, seed=3))
     assert again.eval == loaded.eval and again.fingerprint == loaded.fingerprint
 
 
 def test_system_prompt_is_put_first(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Q{i}", "chosen": "y", "rejected": "n"} for i in range(4)])
-    loaded = load_preferences(path, system_prompt="Be brief.", eval_fraction=0.25)
+    loaded = load_preferences(DataOptions(train=path, system_prompt="Be brief.", eval_fraction=0.25))
     assert all(r["prompt"][0] == {"role": "system", "content": "Be brief."} for r in loaded.train + loaded.eval)
 
 
@@ -226,7 +227,7 @@ def test_too_long_prompts_are_trimmed_or_reported(tmp_path, tiny_tokenizer):
     ]
     path = write_jsonl(tmp_path / "long.jsonl", records)
     budget = prompt_tokens(tiny_tokenizer, [USER("Hi")]) + 5
-    loaded = load_preferences(path, eval=path, tokenizer=tiny_tokenizer, max_prompt_tokens=budget)
+    loaded = load_preferences(DataOptions(train=path, eval=path), tokenizer=tiny_tokenizer, max_prompt_tokens=budget)
     assert loaded.trimmed_prompts == 2  # the first row, in train and in eval
     assert [str(b) for b in loaded.too_long] == [
         f"long.jsonl row 2: the last user turn alone is longer than dpo.max_prompt_tokens={budget}"
@@ -257,7 +258,7 @@ def test_demo_pairs_prefer_the_corpus_reply_over_an_off_topic_one():
 
 def test_real_hh_rlhf_pairs_load_and_empty_replies_are_reported(sample_data):
     source = sample_data / "hh_rlhf_harmless_600.jsonl.gz"
-    loaded = load_preferences(str(source), on_bad_rows="drop", eval_fraction=0.2)
+    loaded = load_preferences(DataOptions(train=str(source), on_bad_rows="drop", eval_fraction=0.2, max_eval_rows=None))
     with gzip.open(source, "rt", encoding="utf-8") as handle:
         raw = [json.loads(line) for line in handle]
     empty_chosen = [i for i, r in enumerate(raw, start=1) if not r["chosen"].rsplit("\n\nAssistant:", 1)[1].strip()]
@@ -274,7 +275,7 @@ def test_the_hh_recipe_reads_the_harmless_base_folder_of_the_hub_dataset(sample_
     import datasets
 
     from tasks.core.config import load_config
-    from tasks.training.dpo import DpoFinetuneConfig
+    from tasks.training.config import DpoFinetuneConfig
 
     # A local folder laid out like the Hub repo Anthropic/hh-rlhf stands in for the Hub.
     repo = tmp_path / "hh-rlhf"
@@ -289,13 +290,7 @@ def test_the_hh_recipe_reads_the_harmless_base_folder_of_the_hub_dataset(sample_
     )
     recipe = load_config(DpoFinetuneConfig, "configs/dpo_hh_rlhf.yaml").data
     assert (recipe.train, recipe.data_dir, recipe.split) == ("Anthropic/hh-rlhf", "harmless-base", "train")
-    loaded = load_preferences(
-        recipe.train,
-        split=recipe.split,
-        data_dir=recipe.data_dir,
-        eval_fraction=recipe.eval_fraction,
-        on_bad_rows=recipe.on_bad_rows,
-    )
+    loaded = load_preferences(recipe)
     assert len(loaded.train) + len(loaded.eval) + len(loaded.bad_rows) == 600  # harmless-base only
     assert [b.row for b in loaded.bad_rows] == [87, 517]  # its empty chosen replies, reported
     assert not any(row["prompt"] == [USER("Hi")] for row in loaded.train + loaded.eval)

@@ -1,11 +1,13 @@
-"""The options the training flows share (`lora-finetune`, `dpo-finetune`), documented once.
+"""The configs of both training flows (`lora-finetune`, `dpo-finetune`): every option, documented once.
 
-Shared keys that scripts and dashboards rely on: `model.name`, `data.train`, `data.eval`,
-`train.max_steps`, `lora.r`, `publish.uri`.
+Both configs start with the same sections (model, data, lora, train, eval, publish); DPO adds `dpo`
+and `init_adapter`. Shared keys that scripts and dashboards rely on: `model.name`, `data.train`,
+`data.eval`, `train.max_steps`, `lora.r`, `publish.uri`.
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Literal
@@ -178,13 +180,93 @@ class PublishOptions:
         )
 
 
-@dataclass
-class LoraFinetuneConfig:
-    """`lora-finetune`: dataset → base model → freeze + LoRA → train → evaluate → publish → verify."""
+# The sections every training config starts with, in the order `--help-config` lists them.
+SHARED_SECTIONS: dict[str, type] = {
+    "model": ModelOptions,
+    "data": DataOptions,
+    "lora": LoraOptions,
+    "train": TrainOptions,
+    "eval": EvalOptions,
+    "publish": PublishOptions,
+}
 
-    model: ModelOptions = field(default_factory=ModelOptions)
-    data: DataOptions = field(default_factory=DataOptions)
-    lora: LoraOptions = field(default_factory=LoraOptions)
-    train: TrainOptions = field(default_factory=TrainOptions)
-    eval: EvalOptions = field(default_factory=EvalOptions)
-    publish: PublishOptions = field(default_factory=PublishOptions)
+
+def training_config(cls: type) -> type:
+    """A dataclass of the shared sections (the same keys in both flows), then the class's own fields."""
+    own = inspect.get_annotations(cls)
+    cls.__annotations__ = {**SHARED_SECTIONS, **own}
+    for name, section in SHARED_SECTIONS.items():
+        setattr(cls, name, field(default_factory=section))
+    return dataclass(cls)
+
+
+@training_config
+class LoraFinetuneConfig:
+    """`lora-finetune`: dataset → base model → freeze + LoRA → train → evaluate → publish → verify.
+
+    The shared sections only: model, data, lora, train, eval, publish.
+    """
+
+
+# The loss types of TRL 1.16 that work on plain preference pairs (no extra columns or settings).
+LossType = Literal[
+    "sigmoid",
+    "ipo",
+    "hinge",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "nca_pair",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sigmoid_norm",
+]
+
+
+@dataclass
+class DpoOptions:
+    beta: float = option(0.1, help="how far the policy may move from the reference (IPO: the regularizer tau)")
+    loss_type: LossType = option("sigmoid", help="TRL loss: sigmoid (the DPO paper), ipo, hinge, robust, ...")
+    precompute_ref_log_probs: bool = option(
+        False, help="score every pair with the reference once, before training, instead of once per step"
+    )
+    max_prompt_tokens: int = option(
+        256,
+        help="prompts longer than this lose their oldest turns first; a pair "
+        "whose last user turn alone is longer is reported and dropped",
+    )
+    min_reward_accuracy: float = option(
+        0.5, help="quality gate: publish only when the held-out reward accuracy beats this and the untrained policy's"
+    )
+
+    def __post_init__(self) -> None:
+        require(self.beta > 0, "dpo.beta", f"must be positive, got {self.beta}")
+        require(
+            self.max_prompt_tokens >= 8, "dpo.max_prompt_tokens", f"must be at least 8, got {self.max_prompt_tokens}"
+        )
+        require(
+            0.0 <= self.min_reward_accuracy < 1.0,
+            "dpo.min_reward_accuracy",
+            f"must be in [0, 1), got {self.min_reward_accuracy}",
+        )
+
+
+@training_config
+class DpoFinetuneConfig:
+    """`dpo-finetune`: preference pairs → policy (+ optional SFT adapter) → LoRA → DPO → evaluate → gate → publish → verify."""
+
+    dpo: DpoOptions = field(default_factory=DpoOptions)
+    init_adapter: str | None = option(
+        None,
+        help="start from a published adapter (mlflow://, hf://, file:// URI, "
+        "e.g. a lora-finetune SFT adapter); it is also the reference",
+    )
+
+    def __post_init__(self) -> None:
+        require(self.data.format == "auto", "data.format", "preference rows are detected per row; leave it at auto")
+        require(
+            self.dpo.max_prompt_tokens < self.model.max_length,
+            "dpo.max_prompt_tokens",
+            f"must be smaller than model.max_length={self.model.max_length} to leave room for the replies",
+        )

@@ -1,0 +1,28 @@
+"""Supervised fine-tuning on instruction rows (`lora-finetune`): tokenize, train, compare with the base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tasks.core.models import Placement
+from tasks.training.config import LoraFinetuneConfig
+from tasks.training.data import DataError, Row, TokenSummary, tokenize_rows
+from tasks.training.evaluation import EvalReport, evaluate_against_base
+from tasks.training.trainer import TrainResult, train_sft
+
+
+def train(
+    model, tokenizer, rows: list[Row], cfg: LoraFinetuneConfig, placement: Placement, output_dir: Path
+) -> tuple[TrainResult, TokenSummary]:
+    tokenized = tokenize_rows(rows, tokenizer, cfg.model.max_length)
+    if not tokenized.examples:
+        raise DataError(f"every training row is longer than model.max_length={cfg.model.max_length}")
+    result = train_sft(model, tokenizer, tokenized.examples, cfg.train, placement, output_dir, cfg.model.max_length)
+    return result, tokenized.summary()
+
+
+def evaluate(model, tokenizer, rows: list[Row], cfg: LoraFinetuneConfig) -> EvalReport:
+    tokenized = tokenize_rows(rows, tokenizer, cfg.model.max_length)
+    return evaluate_against_base(
+        model, tokenizer, tokenized.examples, cfg.eval.sample_prompts, cfg.eval.max_new_tokens, cfg.eval.batch_size
+    )
