@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
         ChatAppConfig,
         DEFAULT_CONFIG,
         argv,
-        description=__doc__.splitlines()[0],
         add_arguments=add_arguments,
         flow_kwargs=lambda args, parser: {"serve_seconds": args.serve_seconds},
         show=lambda run, args: print(stopped_line(run)),

@@ -103,14 +103,7 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(
-        dpo_finetune,
-        DpoFinetuneConfig,
-        DEFAULT_CONFIG,
-        argv,
-        description=__doc__.splitlines()[0],
-        show=lambda run, _args: print(report.dpo_terminal(run)),
-    )
+    return run_cli(dpo_finetune, DpoFinetuneConfig, DEFAULT_CONFIG, argv, show=report.print_dpo)
 
 
 if __name__ == "__main__":

@@ -74,14 +74,7 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(
-        lora_finetune,
-        LoraFinetuneConfig,
-        DEFAULT_CONFIG,
-        argv,
-        description=__doc__.splitlines()[0],
-        show=lambda run, _args: print(report.lora_terminal(run)),
-    )
+    return run_cli(lora_finetune, LoraFinetuneConfig, DEFAULT_CONFIG, argv, show=report.print_lora)
 
 
 if __name__ == "__main__":

@@ -112,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         PdfIndexConfig,
         DEFAULT_CONFIG,
         argv,
-        description=__doc__.splitlines()[0],
         add_arguments=add_arguments,
         flow_kwargs=lambda args, parser: {"sources": args.sources or None},
         show=show,

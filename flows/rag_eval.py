@@ -65,7 +65,7 @@ def print_text(result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_rag_cli(rag_eval, argv, __doc__, add_arguments, flow_kwargs, print_text)
+    return run_rag_cli(rag_eval, argv, add_arguments, flow_kwargs, print_text)
 
 
 if __name__ == "__main__":

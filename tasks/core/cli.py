@@ -16,7 +16,7 @@ def run_cli(
     default_config: str | None,
     argv: list[str] | None = None,
     *,
-    description: str,
+    description: str | None = None,
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
     flow_kwargs: Callable[[argparse.Namespace, argparse.ArgumentParser], dict[str, Any]] | None = None,
     show: Callable[[Any, argparse.Namespace], None] | None = None,
@@ -26,9 +26,10 @@ def run_cli(
 
     Bad options fail before Prefect starts. A failed run prints `<flow> FAILED: <reason>` and exits 1
     (the flow itself already recorded the failure in Prefect and MLflow). `stop_on_interrupt`: Ctrl-C
-    is the normal way to end the flow (a server), so it exits 0.
+    is the normal way to end the flow (a server), so it exits 0. `description`: by default the first
+    line of the flow module's docstring.
     """
-    parser = cli_parser(description, default_config)
+    parser = cli_parser(description or _summary_line(flow), default_config)
     if add_arguments:
         add_arguments(parser)
     args = parser.parse_args(argv)
@@ -51,3 +52,10 @@ def run_cli(
     if show:
         show(result, args)
     return 0
+
+
+def _summary_line(flow: Any) -> str:
+    """The first line of the docstring of the module that defines `flow` (a Prefect flow or a function)."""
+    module = sys.modules.get(getattr(flow, "fn", flow).__module__)
+    lines = ((module.__doc__ if module else None) or "").strip().splitlines()
+    return lines[0] if lines else ""

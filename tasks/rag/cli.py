@@ -28,7 +28,6 @@ def checked_k(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int 
 def run_rag_cli(
     flow: Any,
     argv: list[str] | None,
-    doc: str,
     add_arguments: Callable[[argparse.ArgumentParser], None],
     flow_kwargs: Callable[[argparse.Namespace, argparse.ArgumentParser], dict[str, Any]],
     print_text: Callable[[dict], None],
@@ -46,7 +45,6 @@ def run_rag_cli(
         RagConfig,
         DEFAULT_CONFIG,
         argv,
-        description=doc.splitlines()[0],
         add_arguments=add_arguments,
         flow_kwargs=flow_kwargs,
         show=show,

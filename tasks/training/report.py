@@ -148,3 +148,11 @@ def dpo_terminal(run: DpoRun) -> str:
             *_published_lines(run.publication, run.setup),
         ]
     )
+
+
+def print_lora(run: LoraRun, _args: object = None) -> None:
+    print(lora_terminal(run))
+
+
+def print_dpo(run: DpoRun, _args: object = None) -> None:
+    print(dpo_terminal(run))

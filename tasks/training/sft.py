@@ -8,7 +8,7 @@ from tasks.core.models import Placement
 from tasks.training.config import LoraFinetuneConfig
 from tasks.training.data import DataError, Row, TokenSummary, tokenize_rows
 from tasks.training.evaluation import EvalReport, evaluate_against_base
-from tasks.training.trainer import TrainResult, train_sft
+from tasks.training.trainer import TrainResult, mlflow_log_callback, sft_trainer, train_sft
 
 
 def train(
@@ -17,7 +17,9 @@ def train(
     tokenized = tokenize_rows(rows, tokenizer, cfg.model.max_length)
     if not tokenized.examples:
         raise DataError(f"every training row is longer than model.max_length={cfg.model.max_length}")
-    result = train_sft(model, tokenizer, tokenized.examples, cfg.train, placement, output_dir, cfg.model.max_length)
+    max_length, callbacks = cfg.model.max_length, [mlflow_log_callback()]
+    trainer = sft_trainer(model, tokenizer, tokenized.examples, cfg.train, placement, output_dir, max_length, callbacks)
+    result = train_sft(trainer, cfg.train, placement, max_length)
     return result, tokenized.summary()
 
 

@@ -259,23 +259,13 @@ def sft_trainer(
     )
 
 
-def train_sft(
-    model,
-    tokenizer,
-    examples: list[dict[str, list[int]]],
-    options: TrainOptions,
-    placement: Placement,
-    output_dir: Path,
-    max_length: int,
-) -> TrainResult:
-    """Supervised fine-tuning of the (LoRA-wrapped) model on tokenized prompt/completion rows."""
+def train_sft(trainer, options: TrainOptions, placement: Placement, max_length: int) -> TrainResult:
+    """Supervised fine-tuning with a trainer from `sft_trainer` (the same options, placement and
+    max_length), checkpointing as memory needs, resuming as `train.resume` says."""
     if options.num_threads:
         torch.set_num_threads(options.num_threads)
-    model.train()
-    trainer = sft_trainer(
-        model, tokenizer, examples, options, placement, output_dir, max_length, callbacks=[mlflow_log_callback()]
-    )
+    trainer.model.train()
     decide_checkpointing(trainer, options, placement, max_length)
-    result = run_trainer(trainer, output_dir, options.resume)
-    model.eval()
+    result = run_trainer(trainer, Path(trainer.args.output_dir), options.resume)
+    trainer.model.eval()
     return result

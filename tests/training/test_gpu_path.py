@@ -74,9 +74,9 @@ def test_half_precision_training_then_the_flows_evaluate_and_verify_steps(tiny_m
 
     placement = models.Placement("cpu", precision)
     model, tokenizer, base_path = lora_model(tiny_model_dir, placement)
-    result = training.train_sft(
-        model, tokenizer, sft_rows(tokenizer), quick_train(precision), placement, tmp_path / "ckpt", 64
-    )
+    options = quick_train(precision)
+    trainer = training.sft_trainer(model, tokenizer, sft_rows(tokenizer), options, placement, tmp_path / "ckpt", 64)
+    result = training.train_sft(trainer, options, placement, 64)
     assert result.steps == 3
     trained_attention = model.config._attn_implementation
     assert trained_attention == training.PACKED_SDPA  # packed rows on the CPU
