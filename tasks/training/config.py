@@ -14,6 +14,7 @@ from typing import Literal
 
 from tasks.core.config import option, require
 from tasks.core.defaults import SMOLLM2_PYPI
+from tasks.publishing import ACCEPTED_FORMS, ADAPTER_SCHEMES
 
 
 @dataclass
@@ -162,8 +163,7 @@ class EvalOptions:
 class PublishOptions:
     uri: str = option(
         "mlflow://smollm2-chatterbot-lora",
-        help="where the adapter goes: hf://ORG/NAME (the Hub), "
-        "mlflow://NAME (the MLflow Model Registry, a new version each run) or file:///PATH",
+        help=f"where the adapter goes: {ACCEPTED_FORMS}; each run publishes a new commit, version or copy",
     )
     private: bool = option(True, help="create Hub repos private")
     token_secret: str | None = option(None, help="Prefect Secret block holding the Hub token (else HF_TOKEN)")
@@ -259,8 +259,8 @@ class DpoFinetuneConfig:
     dpo: DpoOptions = field(default_factory=DpoOptions)
     init_adapter: str | None = option(
         None,
-        help="start from a published adapter (mlflow://, hf://, file:// URI, "
-        "e.g. a lora-finetune SFT adapter); it is also the reference",
+        help=f"start from a published adapter ({ADAPTER_SCHEMES} URI, e.g. a lora-finetune SFT adapter); "
+        "it is also the reference",
     )
 
     def __post_init__(self) -> None:

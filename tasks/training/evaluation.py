@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tasks.core.models import chat_template_ids
+
 
 @dataclass
 class EvalReport:
@@ -70,13 +72,7 @@ def completion_loss(
 def generate(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     """Greedy reply to one user message, rendered with the model's chat template."""
     device = next(model.parameters()).device
-    ids = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}],
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=False,
-        return_tensors="pt",
-    ).to(device)
+    ids = torch.tensor([chat_template_ids(tokenizer, [{"role": "user", "content": prompt}])], device=device)
     output = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),

@@ -159,8 +159,8 @@ def test_killed_training_resumes_from_its_checkpoint(setup, prefect_server, tiny
     resumed_step, resumed_loss = final_loss(data_dir, rerun)
     assert clean_step == resumed_step == MAX_STEPS
     # Optimizer, scheduler, RNG and data position restored: the final loss is within the noise of the
-    # uninterrupted run's own curve (the spread of its last three logged losses; at least 5 %). It is
-    # not bit-identical here: measured |diff| 0.04 at loss 5.7 (LoRA), 0.009 at loss 0.08 (DPO).
+    # uninterrupted run's own curve (the spread of its last three logged losses; at least 5 %): the
+    # resumed run's losses are close to the uninterrupted run's, not bit-identical.
     clean_curve = [loss for _, loss in metric_history(clean_dir, clean_run.info.run_id, "train_loss")]
     noise = max(max(clean_curve[-3:]) - min(clean_curve[-3:]), 0.05 * abs(clean_loss))
     assert abs(resumed_loss - clean_loss) <= noise, (clean_loss, resumed_loss, noise)
