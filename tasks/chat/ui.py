@@ -4,9 +4,9 @@
 user gets:
 - a chat with history, Submit / Enter, the reply streamed as it is generated, Stop (which ends the
   generation thread on the server too) and Clear;
-- a model picker: the base model(s) from config, the adapters in the MLflow Model Registry
-  (`mlflow://NAME/VERSION`), any publish URI typed in, and "Documents" (answers from `rag-query`,
-  with the cited pages under the reply);
+- a model picker: the base model(s) from config, the adapter versions in the MLflow Model
+  Registry, any publish URI typed in, and "Documents" (answers from `rag-query`, with the cited
+  pages under the reply);
 - compare mode: the same prompt and settings sent to a second choice, streamed side by side;
 - "Advanced options": system prompt and the sampling sliders (tasks/chat/sampling.py), which reach
   `generate` unchanged;

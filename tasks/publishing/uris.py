@@ -17,7 +17,7 @@ def _either(forms: list[str]) -> str:
 
 ACCEPTED_FORMS = _either([target.forms.publish for target in TARGETS.values()])
 FETCH_FORMS = _either([target.forms.fetch for target in TARGETS.values()])
-# How help texts list the schemes: "hf://, mlflow://, file://".
+# How help texts list the schemes: each registered scheme with its "://", in registry order.
 ADAPTER_SCHEMES = ", ".join(f"{scheme}://" for scheme in TARGETS)
 
 
