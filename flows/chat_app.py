@@ -19,13 +19,13 @@ import tasks  # noqa: F401  (quiet defaults before the libraries load)
 from tasks.chat.choices import model_choices
 from tasks.chat.config import ChatAppConfig
 from tasks.chat.model_pool import ModelPool, ModelPreload, preload
-from tasks.chat.report import ChatAppRun, failure_summary, serving_line, stopped_line, summary_markdown
+from tasks.chat.report import ChatAppRun, serving_line, stopped_line, summary_markdown
 from tasks.chat.server import launch, serve_until_stopped
 from tasks.chat.service import ChatService
 from tasks.chat.ui import build_app
 from tasks.core.cli import run_cli
 from tasks.core.config import load_config
-from tasks.core.reporting import publish_summary
+from tasks.core.reporting import failure_markdown, publish_summary
 from tasks.core.steps import step
 
 FLOW = "chat-app"
@@ -61,7 +61,7 @@ def chat_app(
         run.login = bool(app.auth)
     except Exception as error:
         run.error = f"{type(error).__name__}: {error}"
-        publish_summary(FLOW, failure_summary(run))
+        publish_summary(FLOW, failure_markdown(run))
         raise
     publish_summary(FLOW, summary_markdown(run))
     get_run_logger().info("chat app serving at %s (cancel the flow run or press Ctrl-C to stop)", run.url)

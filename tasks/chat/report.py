@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from tasks.chat.config import ServerOptions
 from tasks.chat.model_pool import ModelPreload
-from tasks.core.reporting import failure_markdown, table
+from tasks.core.reporting import table
 
 
 @dataclass
@@ -50,11 +49,6 @@ def summary_markdown(run: ChatAppRun) -> str:
         ),
     ]
     return "\n\n".join(lines)
-
-
-def failure_summary(run: ChatAppRun) -> str:
-    """`# chat-app: FAILED`, the reason, and what the run got done (the steps it did not reach left out)."""
-    return failure_markdown({k: v for k, v in dataclasses.asdict(run).items() if v is not None})
 
 
 def serving_line(run: ChatAppRun) -> str:

@@ -22,14 +22,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def failure_markdown(story: Any) -> str:
+def failure_markdown(run: Any) -> str:
     """What the run got done before it failed, and why it failed.
 
-    `story`: a dict, or a dataclass whose parts the run had not reached yet are None; both name
-    the `flow` and the `error`.
+    `run`: a flow's result dataclass with `flow` and `error`; the parts the run had not reached
+    yet are None and left out.
     """
-    if dataclasses.is_dataclass(story):
-        story = {k: v for k, v in dataclasses.asdict(story).items() if v is not None}
+    story = {k: v for k, v in dataclasses.asdict(run).items() if v is not None}
     done = {k: v for k, v in story.items() if k not in ("error", "flow")}
     return (
         f"# {story['flow']}: FAILED\n\n**Reason:** {story.get('error', 'unknown')}\n\n"

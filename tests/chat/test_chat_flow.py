@@ -9,7 +9,8 @@ import pytest
 
 from tasks.chat.config import ServerOptions
 from tasks.chat.model_pool import ModelPool, ModelPreload, preload
-from tasks.chat.report import ChatAppRun, failure_summary, serving_line, stopped_line, summary_markdown
+from tasks.chat.report import ChatAppRun, serving_line, stopped_line, summary_markdown
+from tasks.core.reporting import failure_markdown
 from tests.support.chat import free_port, port_is_free
 
 
@@ -37,7 +38,7 @@ def test_the_failure_summary_gives_the_reason_and_what_the_run_got_done():
     run = a_run()
     run.choices = ["tiny"]
     run.error = "ConfigError: server.port: 127.0.0.1:7860 is not free"
-    markdown = failure_summary(run)
+    markdown = failure_markdown(run)
     assert markdown.startswith(
         "# chat-app: FAILED\n\n**Reason:** ConfigError: server.port: 127.0.0.1:7860 is not free\n\n"
         "## What the run got done\n\n```json\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from tasks.core.models import Placement
 from tasks.core.reporting import failure_markdown
@@ -119,6 +120,13 @@ def test_dpo_summary_lists_reported_rows_and_the_gate():
     ]
 
 
+@dataclass
+class OtherRun:
+    flow: str
+    error: str
+    url: str | None = None
+
+
 def test_a_failed_run_records_what_it_got_done():
     run = LoraRun("lora-finetune", SETUP, data=SftSummary(216, 24, "alpaca", 0, "0123456789abcdef"))
     run.error = "DataError: every training row is longer than model.max_length=64"
@@ -143,7 +151,7 @@ def test_a_failed_run_records_what_it_got_done():
             "fingerprint": "0123456789abcdef",
         },
     }
-    # The other flows' records are dicts, and read the same.
-    assert failure_markdown({"flow": "chat-app", "error": "OSError: port in use", "url": "x"}).startswith(
+    # Any flow's record reads the same.
+    assert failure_markdown(OtherRun("chat-app", "OSError: port in use", "x")).startswith(
         "# chat-app: FAILED\n\n**Reason:** OSError: port in use"
     )
