@@ -11,10 +11,12 @@ fails only when no document could be indexed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
+import time
 
-from prefect import flow
+from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
@@ -25,20 +27,19 @@ from tasks.core.reporting import publish_summary
 from tasks.core.steps import step
 from tasks.rag import chunking, indexing, pdfs, pipeline, report
 from tasks.rag.config import PdfIndexConfig, redacted
-from tasks.rag.indexing import DocumentReport
-from tasks.rag.pipeline import IndexRun, per_document
+from tasks.rag.indexing import INDEXED, DocumentReport
+from tasks.rag.pipeline import IndexRun, IndexTarget, Outcome, per_document
 
 FLOW = "pdf-index"
 DEFAULT_CONFIG = "configs/pdf_index.yaml"
 
 # Fetching retries inside (with backoff, only what is worth retrying); the other stages are pure.
-STAGES = pipeline.IndexStages(
-    fetch=step(per_document(pdfs.fetch_pdf), name="fetch"),
-    extract=step(per_document(pipeline.extract_document), name="extract"),
-    chunk=step(per_document(chunking.chunk_document), name="chunk"),
-    embed_and_upsert=step(per_document(indexing.upsert_document), name="embed_and_upsert"),
-    delete_missing=step(indexing.delete_document, name="delete_missing"),
-)
+fetch = step(per_document(pdfs.fetch_pdf), name="fetch")
+extract = step(per_document(pipeline.extract_document), name="extract")
+chunk = step(per_document(chunking.chunk_document), name="chunk")
+# index() embeds only the chunks the record store has not seen: embedding happens inside the upsert.
+embed_and_upsert = step(per_document(indexing.upsert_document), name="embed_and_upsert")
+delete_missing = step(indexing.delete_document, name="delete_missing")
 
 
 def publish_report(run: IndexRun) -> None:
@@ -64,7 +65,7 @@ def log_to_mlflow(run: IndexRun, config: PdfIndexConfig) -> None:
         mlflow.log_dict(run.as_dicts(), "report.json")
 
 
-# Four threads: downloads overlap; pypdf itself holds the GIL, so local files gain little (measured).
+# Four threads: downloads overlap; pypdf itself holds the GIL, so local files gain little.
 @flow(name=FLOW, log_prints=False, task_runner=ThreadPoolTaskRunner(max_workers=4))
 def pdf_index(
     config: str = DEFAULT_CONFIG, overrides: list[str] | None = None, sources: list[str] | None = None
@@ -79,12 +80,70 @@ def pdf_index(
         raise ValueError(
             f"no sources: pass --source (a PDF, a folder, a glob or an http(s) URL) or set `sources` in {config}"
         )
-    run = pipeline.index_documents(documents, cfg, STAGES)
+    started = time.perf_counter()
+    with pipeline.opened_target(cfg) as target:
+        reports = index_each(documents, cfg, target)
+        if cfg.index.delete_missing and any(r.status in INDEXED for r in reports):
+            for source in sorted(set(target.catalog.sources()) - set(documents)):
+                reports.append(timed_delete(source, target))
+        target.store.flush()  # durable before the run reports success
+    run = pipeline.index_run(reports, time.perf_counter() - started, cfg)
     publish_report(run)
     log_to_mlflow(run, cfg)
     if not run.indexed_any():
         raise RuntimeError(f"no document could be indexed ({run.failures()})")
     return run.as_dicts()
+
+
+def timed_delete(source: str, target: IndexTarget) -> DocumentReport:
+    started = time.perf_counter()
+    report = delete_missing(source, target.store.vectors, target.record_manager, target.catalog)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def index_each(documents: list[str], cfg: PdfIndexConfig, target: IndexTarget) -> list[DocumentReport]:
+    """Fetch, extract and chunk every document concurrently, one stage after the other; then write
+    them one at a time (the store and the record manager have one writer)."""
+    reports: dict[str, DocumentReport] = {}
+    seconds = {source: 0.0 for source in documents}
+
+    def failed(source: str, outcome: Outcome) -> bool:
+        seconds[source] += outcome.seconds
+        if outcome.error is None:
+            return False
+        reports[source] = DocumentReport(source, "failed", outcome.error, seconds=seconds[source])
+        return True
+
+    fetched = dict(zip(documents, fetch.map(documents, unmapped(cfg.fetch)).result()))
+    to_extract = []
+    for source, outcome in fetched.items():
+        if failed(source, outcome):
+            continue
+        new_fingerprint = indexing.fingerprint(hashlib.sha256(outcome.value).hexdigest(), cfg.chunk, cfg.embeddings)
+        if entry := indexing.is_unchanged(target.catalog, source, new_fingerprint):
+            reports[source] = DocumentReport(source, "unchanged", "", entry.pages, entry.chunks, seconds[source])
+        else:
+            to_extract.append((source, new_fingerprint))
+    sources = [source for source, _ in to_extract]
+    extracted = extract.map(
+        [fetched[s].value for s in sources], sources, unmapped(cfg.passwords), unmapped(cfg.index.min_chars_per_page)
+    ).result()
+    fetched.clear()  # the PDFs' bytes are not needed any more
+    ready = [(s, fp, o) for (s, fp), o in zip(to_extract, extracted) if not failed(s, o)]
+    chunked = chunk.map([o.value for _, _, o in ready], unmapped(cfg.chunk)).result()
+    for (source, new_fingerprint, doc), chunks in zip(ready, chunked):
+        if failed(source, chunks):
+            continue
+        upserted = embed_and_upsert(
+            doc.value, chunks.value, new_fingerprint, target.store.vectors, target.record_manager, target.catalog
+        )
+        if failed(source, upserted):
+            continue
+        report = upserted.value
+        report.seconds = seconds[source]
+        reports[source] = report
+    return [reports[source] for source in documents]
 
 
 def add_arguments(parser) -> None:

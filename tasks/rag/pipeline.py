@@ -1,23 +1,19 @@
-"""pdf-index's per-document pipeline: fetch → extract → chunk (documents concurrently) →
-embed_and_upsert (one writer) → delete_missing.
+"""What pdf-index's per-document stages share: a stage reports a bad document (`PdfError`) as a
+value, an `Outcome`, so the other documents go on; the three stores a document is written to,
+opened and closed together; and the run's result, one `DocumentReport` per document.
 
-A stage reports a bad document (`PdfError`) as a value, an `Outcome`, so the other documents go on;
-every document ends with one `DocumentReport`. The stages are the flow's Prefect tasks
-(`IndexStages`), so each shows in the Prefect UI; this module decides what runs when.
+The flow (flows/pdf_index.py) decides what runs when.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from prefect import unmapped
 
 from tasks.rag.catalog import Catalog
 from tasks.rag.config import PdfIndexConfig, password_for
@@ -26,8 +22,6 @@ from tasks.rag.indexing import (
     INDEXED,
     STATUSES,
     DocumentReport,
-    fingerprint,
-    is_unchanged,
     make_record_manager,
 )
 from tasks.rag.pdfs import ExtractedPdf, PdfError, display_name, extract_pdf
@@ -59,17 +53,6 @@ def per_document(fn: Callable) -> Callable[..., Outcome]:
 
 def extract_document(data: bytes, source: str, passwords: dict[str, str], min_chars_per_page: int) -> ExtractedPdf:
     return extract_pdf(data, source, password_for(source, passwords), min_chars_per_page)
-
-
-@dataclass(frozen=True)
-class IndexStages:
-    """The stages as the flow runs them: Prefect tasks around these plain functions."""
-
-    fetch: Any  # per_document(pdfs.fetch_pdf)
-    extract: Any  # per_document(extract_document)
-    chunk: Any  # per_document(chunking.chunk_document)
-    embed_and_upsert: Any  # per_document(indexing.upsert_document): index() embeds only chunks it has not seen
-    delete_missing: Any  # indexing.delete_document
 
 
 @dataclass
@@ -129,68 +112,5 @@ class IndexRun:
         return [r.as_dict() for r in self.reports]
 
 
-def index_documents(documents: list[str], cfg: PdfIndexConfig, stages: IndexStages) -> IndexRun:
-    """Index the documents; delete those indexed before that are gone (when any document is indexed)."""
-    started = time.perf_counter()
-    with opened_target(cfg) as target:
-        reports = _index_each(documents, cfg, stages, target)
-        if cfg.index.delete_missing and any(r.status in INDEXED for r in reports):
-            for source in sorted(set(target.catalog.sources()) - set(documents)):
-                reports.append(_timed(stages.delete_missing, source, target))
-        target.store.flush()
-    return IndexRun(
-        reports, time.perf_counter() - started, index_location(cfg.store), cfg.store.collection, records_path(cfg.store)
-    )
-
-
-def _timed(delete_missing, source: str, target: IndexTarget) -> DocumentReport:
-    started = time.perf_counter()
-    report = delete_missing(source, target.store.vectors, target.record_manager, target.catalog)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def _index_each(
-    documents: list[str], cfg: PdfIndexConfig, stages: IndexStages, target: IndexTarget
-) -> list[DocumentReport]:
-    reports: dict[str, DocumentReport] = {}
-    seconds = {source: 0.0 for source in documents}
-
-    def failed(source: str, outcome: Outcome) -> bool:
-        seconds[source] += outcome.seconds
-        if outcome.error is None:
-            return False
-        reports[source] = DocumentReport(source, "failed", outcome.error, seconds=seconds[source])
-        return True
-
-    # Fetch, extract and chunk every document concurrently; one stage after the other.
-    fetched = dict(zip(documents, stages.fetch.map(documents, unmapped(cfg.fetch)).result()))
-    to_extract = []
-    for source, outcome in fetched.items():
-        if failed(source, outcome):
-            continue
-        new_fingerprint = fingerprint(hashlib.sha256(outcome.value).hexdigest(), cfg.chunk, cfg.embeddings)
-        if entry := is_unchanged(target.catalog, source, new_fingerprint):
-            reports[source] = DocumentReport(source, "unchanged", "", entry.pages, entry.chunks, seconds[source])
-        else:
-            to_extract.append((source, new_fingerprint))
-    sources = [source for source, _ in to_extract]
-    extracted = stages.extract.map(
-        [fetched[s].value for s in sources], sources, unmapped(cfg.passwords), unmapped(cfg.index.min_chars_per_page)
-    ).result()
-    fetched.clear()  # the PDFs' bytes are not needed any more
-    ready = [(s, fp, o) for (s, fp), o in zip(to_extract, extracted) if not failed(s, o)]
-    chunked = stages.chunk.map([o.value for _, _, o in ready], unmapped(cfg.chunk)).result()
-    # One writer: the store and the record manager are updated one document at a time.
-    for (source, new_fingerprint, doc), chunks in zip(ready, chunked):
-        if failed(source, chunks):
-            continue
-        upserted = stages.embed_and_upsert(
-            doc.value, chunks.value, new_fingerprint, target.store.vectors, target.record_manager, target.catalog
-        )
-        if failed(source, upserted):
-            continue
-        report = upserted.value
-        report.seconds = seconds[source]
-        reports[source] = report
-    return [reports[source] for source in documents]
+def index_run(reports: list[DocumentReport], seconds: float, cfg: PdfIndexConfig) -> IndexRun:
+    return IndexRun(reports, seconds, index_location(cfg.store), cfg.store.collection, records_path(cfg.store))
