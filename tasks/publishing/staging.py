@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tasks.core.models import is_hub_id, is_pypi_model
 from tasks.publishing.card import is_local_path
 from tasks.publishing.errors import PublishError
 from tasks.publishing.target import ADAPTER_CONFIG, ADAPTER_WEIGHTS
@@ -16,6 +17,7 @@ from tasks.publishing.target import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 log = logging.getLogger(__name__)
 
 TOKENIZER_VOCABULARIES = {"tokenizer.json", "vocab.json"}
+RECORD = "ftllm.json"  # what save_adapter writes beside the adapter
 
 
 def save_adapter(
@@ -25,7 +27,7 @@ def save_adapter(
     tokenizer, and `ftllm.json` saying how to rebuild its base offline (`model.name` as configured)."""
     model.save_pretrained(folder, safe_serialization=True, selected_adapters=["default"])
     tokenizer.save_pretrained(folder)
-    (folder / "ftllm.json").write_text(
+    (folder / RECORD).write_text(
         json.dumps(
             {"base_model": base_model, "base_model_hub_id": base_model_hub_id, "flow": flow, "mlflow_run_id": run_id},
             indent=2,
@@ -91,3 +93,26 @@ def stage(adapter_dir: Path, card: str, hub_base: str | None, clear_local_paths:
             "" if hub_base else " (set model.hub_id to record the base model's Hub id)",
         )
     return staging
+
+
+def name_base_portably(folder: Path) -> str | None:
+    """Point adapter_config.json at a base model another machine can resolve: the `pypi:` name or Hub
+    id that `ftllm.json` records (that file keeps the name as configured). Returns the name written;
+    None, with a warning, when the base is known only by a local folder, which then stays.
+    """
+    record = folder / RECORD
+    recorded = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+    base, hub_id = recorded.get("base_model"), recorded.get("base_model_hub_id")
+    portable = base if isinstance(base, str) and (is_pypi_model(base) or is_hub_id(base)) else hub_id
+    if not portable:
+        log.warning(
+            "adapter_config.json keeps the local base folder %s: the registered model loads only where it "
+            "exists (set model.hub_id, or load it with model_config={'base_model': ...})",
+            base,
+        )
+        return None
+    config_path = folder / ADAPTER_CONFIG
+    adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
+    adapter_config["base_model_name_or_path"] = portable
+    config_path.write_text(json.dumps(adapter_config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return portable

@@ -1,5 +1,7 @@
-"""`mlflow://NAME`: the MLflow Model Registry. The folder is logged as artifacts of the run
-(`adapter/`) and registered as a new version, pinned as `mlflow://NAME/<version>`; fetched by
+"""`mlflow://NAME`: the MLflow Model Registry. The folder is logged into the run as an MLflow model
+(`adapter/`: a pyfunc that loads the base and the adapter and answers chat messages, see
+registry_model.py), its adapter_config.json naming the base as another machine resolves it, and
+registered as a new version, pinned as `mlflow://NAME/<version>`; fetched by
 version, by alias (`mlflow://NAME@champion`) or, unpinned, the `@champion` (the newest version while
 no champion is set). An alias that points at a version the registry no longer has is an error naming
 it, never followed.
@@ -12,17 +14,21 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 from tasks.core import tracking
+from tasks.core.models import is_pypi_model
 from tasks.publishing.errors import InvalidUri, PublishError
+from tasks.publishing.registry_model import adapter_in, save_chat_model
+from tasks.publishing.staging import name_base_portably
 from tasks.publishing.target import Address, Published, PublishRequest, Target, UriForms
 
 log = logging.getLogger(__name__)
 
 SCHEME = "mlflow"
 FORMS = UriForms(publish=f"{SCHEME}://NAME (the MLflow Model Registry)", fetch=f"{SCHEME}://NAME[/VERSION | @ALIAS]")
-ARTIFACT_PATH = "adapter"  # where in the run the adapter folder is logged
+ARTIFACT_PATH = "adapter"  # where in the run the adapter's MLflow model is logged
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
 CHAMPION = "champion"  # the alias of the version to serve (see champion.py)
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
@@ -67,9 +73,12 @@ def publish(folder: Path, address: Address, request: PublishRequest) -> Publishe
             "(pass mlflow_run_id or publish inside tasks.core.tracking.start_run)"
         )
     client = MlflowClient()
+    base = name_base_portably(folder)  # the staged copy: the caller's folder keeps its record
     try:
         run = client.get_run(run_id)
-        client.log_artifacts(run_id, str(folder), ARTIFACT_PATH)
+        with tempfile.TemporaryDirectory(prefix="ftllm-mlflow-model-") as tmp:
+            model_dir = save_chat_model(folder, Path(tmp) / "model", pypi_base=bool(base) and is_pypi_model(base))
+            client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
         try:
             client.get_registered_model(name)
         except MlflowException:
@@ -106,7 +115,7 @@ def fetch(address: Address, token: str | None, scratch: Path | None) -> Path:
         folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(scratch))
     except MlflowException as error:
         raise PublishError(f"{uri_of(address)}: {error.message}") from None
-    return Path(folder)
+    return adapter_in(Path(folder))
 
 
 def version_by_alias(name: str, alias: str):
