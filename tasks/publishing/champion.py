@@ -40,7 +40,7 @@ class NotComparable(PublishError):
 class ChampionInfo:
     name: str  # the registered model
     version: str
-    uri: str  # pinned: mlflow://NAME/VERSION
+    uri: str  # pinned to the version
     run_id: str | None  # the run that trained it
 
 
@@ -96,7 +96,7 @@ def promote_if_better(
     mode: Promote = "auto",
     verified: bool = True,
 ) -> PromotionDecision:
-    """Give `published_uri` (a pinned mlflow://NAME/VERSION) the `@champion` alias if it earns it.
+    """Give `published_uri` (a pinned registry version) the `@champion` alias if it earns it.
 
     `score_champion(adapter_folder)` scores the current champion's adapter exactly as `candidate`
     was scored (raising NotComparable when it cannot be). `mode`: auto (only when at least as good),

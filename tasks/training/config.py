@@ -170,7 +170,7 @@ class PublishOptions:
     verify: bool = option(True, help="reload the published adapter and verify tensors and logits")
     promote: Promote = option(
         "auto",
-        help="the registry's @champion alias (mlflow:// only) after a verified publish: auto moves it to the "
+        help="the @champion alias (a model registry target only) after a verified publish: auto moves it to the "
         "new version when its held-out score (SFT eval loss, DPO reward accuracy) is at least as good as "
         "the champion's on the same data; always moves it; never leaves it",
     )

@@ -91,8 +91,13 @@ def test_flow_trains_tracks_publishes_and_verifies(prefect_harness, tiny_model_d
     assert tags["git.commit"]
     artifacts = {a.path for a in mlflow_client.list_artifacts(tracked.info.run_id)}
     assert {"config.yaml", "adapter"} <= artifacts
-    adapter_files = {Path(a.path).name for a in mlflow_client.list_artifacts(tracked.info.run_id, "adapter")}
-    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "ftllm.json"} <= adapter_files
+    # The adapter is logged as an MLflow model, the adapter folder inside it.
+    model_files = {Path(a.path).name for a in mlflow_client.list_artifacts(tracked.info.run_id, "adapter")}
+    assert {"MLmodel", "chat_pyfunc.py", "input_example.json", "requirements.txt"} <= model_files
+    inside = mlflow_client.list_artifacts(tracked.info.run_id, "adapter/artifacts/adapter")
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "ftllm.json"} <= {
+        Path(a.path).name for a in inside
+    }
 
     # A second run publishes a new registry version.
     again = lora_finetune(
