@@ -364,3 +364,10 @@ def test_a_published_adapter_is_offered_and_answers(tiny_model_dir, tmp_path):
         replies[choice] = history[-1]["content"]
     assert replies[published.uri] and replies[published.uri] != replies[str(tiny_model_dir)]
     assert [e["status"] for e in service.sessions.log("s1")] == ["done", "done"]
+
+    # Once a version holds @champion, the picker offers the champion first and it is that version.
+    publishing.promote_if_better(published.uri, publishing.Score("eval_loss", 1.0, False), lambda folder: 2.0)
+    champion = "mlflow://chat-test-lora@champion"
+    assert model_choices(config) == [str(tiny_model_dir), champion, published.uri]
+    *_, (history, notice) = service.reply("Hello", [], champion, "", greedy, session="s2")
+    assert notice == "" and history[-1]["content"] == replies[published.uri]
