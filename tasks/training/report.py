@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tasks.core.reporting import table
+from tasks.publishing import PromotionDecision
 from tasks.training.results import DpoRun, LoraRun, Publication, RunSetup
 
 REPORTED_ROWS_SHOWN = 20
@@ -20,8 +21,16 @@ def _header(flow: str, setup: RunSetup, publication: Publication) -> list[str]:
     ]
 
 
-def _published(publication: Publication) -> list[str]:
+def _champion(decision: PromotionDecision | None) -> str | None:
+    if decision is None:
+        return None
+    return f"{'took' if decision.promoted else 'did not take'} @champion: {decision.reason}"
+
+
+def _published(publication: Publication, champion: PromotionDecision | None = None) -> list[str]:
     lines = ["## Published", f"`{publication.published.uri}` ({publication.published.location})"]
+    if line := _champion(champion):
+        lines.append(f"Champion: {line}")
     if v := publication.verification:
         lines += [
             "## Verification",
@@ -33,10 +42,12 @@ def _published(publication: Publication) -> list[str]:
     return lines
 
 
-def _published_lines(publication: Publication, setup: RunSetup) -> list[str]:
+def _published_lines(publication: Publication, setup: RunSetup, champion: PromotionDecision | None = None) -> list[str]:
     lines = [f"  published: {publication.published.uri}"]
     if v := publication.verification:
         lines.append(f"  verified: {v.passed} (max |Δlogit| {v.max_abs_logit_diff:.2e})")
+    if line := _champion(champion):
+        lines.append(f"  {line}")
     return lines + [f"  MLflow: {setup.mlflow}"]
 
 
@@ -72,7 +83,7 @@ def lora_markdown(run: LoraRun) -> str:
         "## Samples",
         table(["prompt", "base", "adapter"], [[s["prompt"], s["base"], s["adapter"]] for s in e.samples]),
     ]
-    return "\n\n".join(lines + _published(run.publication))
+    return "\n\n".join(lines + _published(run.publication, run.champion))
 
 
 def lora_terminal(run: LoraRun) -> str:
@@ -82,7 +93,7 @@ def lora_terminal(run: LoraRun) -> str:
             f"{run.flow} completed: {t.steps} steps in {t.seconds:.0f}s, {t.tokens_per_second:.0f} tokens/s",
             f"  held-out loss: base {e.base_eval_loss:.4f} -> adapter {e.eval_loss:.4f} "
             f"(perplexity {e.base_eval_perplexity:.2f} -> {e.eval_perplexity:.2f})",
-            *_published_lines(run.publication, run.setup),
+            *_published_lines(run.publication, run.setup, run.champion),
         ]
     )
 
@@ -135,7 +146,7 @@ def dpo_markdown(run: DpoRun) -> str:
         ),
         f"Quality gate: **passed**: {run.gate.reason}",
     ]
-    return "\n\n".join(lines + _published(run.publication))
+    return "\n\n".join(lines + _published(run.publication, run.champion))
 
 
 def dpo_terminal(run: DpoRun) -> str:
@@ -145,7 +156,7 @@ def dpo_terminal(run: DpoRun) -> str:
             f"{run.flow} completed: {t.steps} steps in {t.seconds:.0f}s",
             f"  held-out reward accuracy: untrained {before['rewards/accuracies']:.3f} -> trained "
             f"{after['rewards/accuracies']:.3f} (margin {after['rewards/margins']:.4f}, {int(after['pairs'])} pairs)",
-            *_published_lines(run.publication, run.setup),
+            *_published_lines(run.publication, run.setup, run.champion),
         ]
     )
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from tasks.core.models import Placement
 from tasks.core.reporting import failure_markdown
-from tasks.publishing import Published, Verification
+from tasks.publishing import PromotionDecision, Published, Verification
 from tasks.training import report
 from tasks.training.data import SftSummary, TokenSummary
 from tasks.training.dpo import Gate
@@ -91,6 +91,14 @@ def test_lora_terminal_lines():
         "  verified: True (max |Δlogit| 2.50e-06)",
         "  MLflow: http://127.0.0.1:5000/#/runs/abc",
     ]
+
+
+def test_the_champion_decision_is_told():
+    run = lora_run()
+    reason = "eval_loss 1.5000 is not at least as good as the champion's 1.2000 (lower is better)"
+    run.champion = PromotionDecision(False, reason, "mlflow://colors/2", "mlflow://colors/1", "eval_loss", 1.5, 1.2)
+    assert f"  did not take @champion: {reason}" in report.lora_terminal(run).splitlines()
+    assert f"Champion: did not take @champion: {reason}" in report.lora_markdown(run)
 
 
 def test_dpo_summary_lists_reported_rows_and_the_gate():
