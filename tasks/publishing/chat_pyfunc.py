@@ -18,6 +18,7 @@ from typing import Any
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+# The signature's defaults (registry_model.PARAM_DEFAULTS), for a caller that bypasses the signature.
 DEFAULT_PARAMS = {"max_tokens": 64, "temperature": 0.0}
 
 

@@ -21,6 +21,7 @@ ADAPTER_IN_MODEL = Path("artifacts") / ADAPTER_KEY
 MLMODEL = "MLmodel"
 INPUT_EXAMPLE = {"messages": [{"role": "user", "content": "What is your favorite book?"}]}
 PARAMS_EXAMPLE = {"max_tokens": 32, "temperature": 0.0}
+PARAM_DEFAULTS = {"max_tokens": 64, "temperature": 0.0}  # chat_pyfunc.DEFAULT_PARAMS says the same
 # What serving the model imports; `gguf` reads a pypi: base's GGUF file.
 REQUIREMENTS = ("mlflow", "torch", "transformers", "peft", "pyyaml", "safetensors")
 PYPI_BASE_REQUIREMENTS = ("gguf",)
@@ -37,8 +38,8 @@ def chat_signature():
         outputs=Schema([ColSpec(DataType.string)]),
         params=ParamSchema(
             [
-                ParamSpec("max_tokens", DataType.long, PARAMS_EXAMPLE["max_tokens"]),
-                ParamSpec("temperature", DataType.double, PARAMS_EXAMPLE["temperature"]),
+                ParamSpec("max_tokens", DataType.long, PARAM_DEFAULTS["max_tokens"]),
+                ParamSpec("temperature", DataType.double, PARAM_DEFAULTS["temperature"]),
             ]
         ),
     )
