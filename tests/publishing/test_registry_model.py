@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -22,7 +21,7 @@ from tasks import publishing
 from tasks.core import tracking
 from tasks.core.defaults import SMOLLM2_PYPI
 from tests.support.chat import free_port
-from tests.support.processes import healthy, wait_for
+from tests.support.processes import healthy, kill_group, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -117,9 +116,4 @@ def test_mlflow_models_serve_answers_invocations(registered, isolated_data_dir, 
         with urllib.request.urlopen(request, timeout=120) as response:
             assert json.loads(response.read()) == {"predictions": [reply]}
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(10)
+        kill_group(server)  # the server and its uvicorn worker
