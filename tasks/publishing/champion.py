@@ -113,6 +113,8 @@ def promote_if_better(
 
     if mode == "never":
         return decided(False, "publish.promote=never")
+    if not verified and mode != "always":
+        return decided(False, "the published copy was not verified (publish.verify=false)")
     try:
         champion = current_champion(address.name)
     except PublishError as broken:
@@ -122,8 +124,6 @@ def promote_if_better(
         return _promote(address, decided(True, f"{address.name} had no {CHAMPION}"))
     if mode == "always":
         return _promote(address, decided(True, "publish.promote=always", champion.uri))
-    if not verified:
-        return decided(False, "the published copy was not verified (publish.verify=false)", champion.uri)
     try:
         with fetched_adapter(champion.uri) as folder:
             score = float(score_champion(folder))
@@ -144,11 +144,17 @@ def promote_if_better(
 
 def _promote(address: Address, decision: PromotionDecision) -> PromotionDecision:
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     tracking.configure()
     client = MlflowClient()
-    client.set_model_version_tag(address.name, address.version, "eval.metric", decision.metric)
-    client.set_model_version_tag(address.name, address.version, "eval.score", f"{decision.candidate_score:.6g}")
-    client.set_registered_model_alias(address.name, CHAMPION, address.version)
+    try:
+        client.set_model_version_tag(address.name, address.version, "eval.metric", decision.metric)
+        client.set_model_version_tag(address.name, address.version, "eval.score", f"{decision.candidate_score:.6g}")
+        client.set_registered_model_alias(address.name, CHAMPION, address.version)
+    except MlflowException as error:
+        raise PublishError(
+            f"{decision.candidate}: the registry refused the {CHAMPION} alias: {error.message}"
+        ) from None
     log.info("%s is now %s@%s: %s", decision.candidate, address.name, CHAMPION, decision.reason)
     return decision

@@ -140,6 +140,9 @@ def test_the_alias_moves_only_to_a_version_at_least_as_good(adapters, held_out_l
 def test_promote_modes_and_unverified_copies(adapters, held_out_loss):
     name = "modes-lora"
     first = publish(name, adapters["mid"])
+    mid = loss_score(held_out_loss, adapters["mid"])
+    assert not publishing.promote_if_better(first, mid, held_out_loss, verified=False).promoted  # even unopposed
+    assert publishing.current_champion(name) is None
     assert publishing.promote_if_better(first, loss_score(held_out_loss, adapters["mid"]), held_out_loss).promoted
     better = publish(name, adapters["best"])
     best = loss_score(held_out_loss, adapters["best"])
