@@ -30,7 +30,10 @@ def champion_active(model, folder: Path, model_name: str) -> Iterator[None]:
     except ConfigError as why:
         raise publishing.NotComparable(str(why)) from None
     trained = model.active_adapter
-    model.load_adapter(str(folder), adapter_name=CHALLENGED, is_trainable=False)
+    try:
+        model.load_adapter(str(folder), adapter_name=CHALLENGED, is_trainable=False)
+    except (ValueError, RuntimeError, KeyError) as error:  # PEFT's words for "not this model's shapes"
+        raise publishing.NotComparable(f"its adapter does not load on this model: {error}") from None
     try:
         model.set_adapter(CHALLENGED, inference_mode=True)
         yield

@@ -138,7 +138,7 @@ def version_by_alias(name: str, alias: str):
     pointed = registered.aliases.get(alias)
     if pointed is None:
         return None
-    where = f"{SCHEME}://{name}@{alias}"
+    where = uri_of(Address(name, alias=alias))
     try:
         version = client.get_model_version(name, str(pointed))
     except MlflowException:
