@@ -136,7 +136,11 @@ class TrainOptions:
     strategy: Literal["ddp", "fsdp"] = option(
         "ddp", help="with torchrun: ddp (a full copy per process) or fsdp (weights sharded over processes)"
     )
-    nproc_per_node: int = option(1, help="with torchrun: training processes on this machine (at most one per device)")
+    nproc_per_node: int = option(
+        1,
+        help="with torchrun: training processes on this machine (at most one per device); the environment "
+        "variable NPROC_PER_NODE, which the cluster job templates set from the job's GPUs, takes precedence",
+    )
     nnodes: int = option(1, help="with torchrun: machines taking part; more than 1 needs train.rdzv_endpoint")
     node_rank: int = option(0, help="with torchrun: this machine's number among train.nnodes (0 hosts the rendezvous)")
     rdzv_endpoint: str | None = option(

@@ -35,8 +35,11 @@ def is_rank_zero() -> bool:
 
 @contextlib.contextmanager
 def rank_zero_tracking(run_id: str):
-    """Rank 0 logs into the flow's MLflow run; the other ranks have no run, so they log nothing."""
-    if not is_rank_zero():
+    """Rank 0 logs into the flow's MLflow run; the other ranks have no run, so they log nothing.
+
+    An empty run id (the benchmark) tracks nothing.
+    """
+    if not is_rank_zero() or not run_id:
         yield
         return
     import mlflow

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # Every rank's lines go into the step's log: progress bars there would be one line per redraw.
 CHILD_ENV = {"TQDM_DISABLE": "1"}
+NPROC_ENV = "NPROC_PER_NODE"
 
 
 class DistributedTrainingError(RuntimeError):
@@ -57,10 +58,23 @@ class DistributedJob:
     eval_rows: list[dict]
 
 
+def from_environment(options: TrainOptions) -> TrainOptions:
+    """`NPROC_PER_NODE`, set by the cluster job templates from the job's GPUs, overrides train.nproc_per_node."""
+    import dataclasses
+
+    value = os.environ.get(NPROC_ENV, "").strip()
+    if options.launcher != "torchrun" or not value:
+        return options
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"{NPROC_ENV}={value!r}: must be a positive integer (it sets train.nproc_per_node)")
+    return dataclasses.replace(options, nproc_per_node=int(value))
+
+
 def check_devices(options: TrainOptions, placement: Placement) -> None:
     """More processes on this machine than it has devices is refused before anything starts."""
     if options.launcher != "torchrun":
         return
+    options = from_environment(options)
     if placement.device == "cuda":
         import torch
 
@@ -155,6 +169,7 @@ def _step_logger() -> logging.Logger | logging.LoggerAdapter:
 def run_torchrun(options: TrainOptions, job_file: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Start torchrun, stream every rank's lines, and return rank 0's result (DistributedTrainingError on failure)."""
     logger = _step_logger()
+    options = from_environment(options)
     command = torchrun_command(options, job_file)
     logger.info("starting %s", " ".join(command))
     tail: deque[str] = deque(maxlen=400)

@@ -1,9 +1,12 @@
 """`train.launcher: torchrun` on this CPU: real torchrun, gloo, the tiny model, both training flows.
 
-Tolerance of the DDP check: per logged step, the 2-process loss is within LOSS_TOLERANCE of the
-1-process loss on the same global batch. The two differ only in the order floating-point sums are
-reduced (gradients all-reduced over two ranks, token counts summed over them), so they agree to
-about 1e-5; 1e-3 leaves room for that and still fails on a wrong batch split or per-rank loss mean.
+Tolerance of the DDP check, 2 processes against 1 on the same global batch of 8 rows:
+- step 1 (the same rows through the same initial weights) within 1e-4: only the order in which
+  floating-point sums are reduced differs; a wrong split of the batch, or a loss averaged per rank
+  instead of over all tokens, is off by far more;
+- later steps within 2% relative: Adam's first updates are nearly sign-like (m / sqrt(v) = +-1 per
+  element), so reduction-order noise in near-zero gradient elements flips single updates and the two
+  runs drift apart slowly (measured: under 0.2% by step 3).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from tests.training.test_lora_flow import tiny_overrides, write_tiny_dataset
 
 pytestmark = pytest.mark.slow
 
-LOSS_TOLERANCE = 1e-3
+FIRST_STEP_TOLERANCE = 1e-4
+LATER_STEPS_RELATIVE_TOLERANCE = 0.02
 STEPS = 8
 
 
@@ -92,8 +96,10 @@ def test_ddp_two_processes_match_one_process_and_publish_once(prefect_harness, t
         )
     )
     assert [step for step, _ in two.train.loss_history] == list(range(1, STEPS + 1))
+    histories = f"2 processes {two.train.loss_history}, 1 process {one.train.loss_history}"
     for (step, expected), (_, got) in zip(one.train.loss_history, two.train.loss_history, strict=True):
-        assert abs(got - expected) <= LOSS_TOLERANCE, f"step {step}: 2 processes {got}, 1 process {expected}"
+        tolerance = FIRST_STEP_TOLERANCE if step == 1 else LATER_STEPS_RELATIVE_TOLERANCE * expected
+        assert abs(got - expected) <= tolerance, f"step {step}: {histories}"
     assert two.train.steps == STEPS and two.train.tokens == one.train.tokens  # tokens of both ranks counted
 
     # The adapter rank 0 wrote was reloaded, published once and verified against the published copy.
