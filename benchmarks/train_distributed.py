@@ -1,7 +1,8 @@
 """The torchrun launcher against the in-process train step, side by side in one run.
 
     OMP_NUM_THREADS=1 python -m benchmarks.train_distributed                 # CPU: the demo, gloo
-    python -m benchmarks.train_distributed --device cuda --setups inprocess,torchrun-1   # GPU
+    python -m benchmarks.train_distributed --device cuda --setups inprocess,torchrun-1 \\
+        --generated /tmp/launcher-check --shape qwen2.5-1.5b --out $OUT       # GPU (gpu_check.sh)
 
 Setups, each on the same config (the LoRA demo: SmolLM2-135M on the chatterbot corpus unless
 --set says otherwise), the same rows and the same global batch:
@@ -77,6 +78,29 @@ def run_setup(name: str, base: list[str], global_batch: int, workdir: Path) -> d
     }
 
 
+def generated_inputs(folder: Path, shape: str, device: str) -> list[str]:
+    """A saved random model of `shape` (the tests' tiny model for `tiny-qwen2`) and generated rows: no download."""
+    import torch
+
+    from tests.support.tiny_model import build_tiny_model
+    from tests.training.test_lora_flow import write_tiny_dataset
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model_dir = build_tiny_model(folder / "model")
+    if shape != "tiny-qwen2":
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from benchmarks.train_throughput import SHAPES
+
+        values = dict(SHAPES[shape])
+        config = AutoConfig.for_model(values.pop("model_type"), **values)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        with torch.device(device):
+            AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(model_dir)
+    rows = write_tiny_dataset(folder / "rows.jsonl", n=2000)
+    return [f"model.name={model_dir}", f"data.train={rows}", "data.max_eval_rows=8"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated, from: " + ", ".join(SETUPS))
@@ -84,9 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-batch", type=int, default=8)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--set", action="append", default=[], help="extra config overrides (key=value)")
+    parser.add_argument("--generated", type=Path, help="build a random model and rows here instead of the demo's")
+    parser.add_argument(
+        "--shape", default="tiny-qwen2", help="with --generated: tiny-qwen2 or a train_throughput shape"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the result files")
     args = parser.parse_args(argv)
     load = os.getloadavg()
     base = [f"train.max_steps={args.steps}", f"train.device={args.device}", "train.logging_steps=1", *args.set]
+    if args.generated:
+        base += generated_inputs(args.generated, args.shape, args.device)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("FTLLM_DATA_DIR", tmp)
         rows = [run_setup(name, base, args.global_batch, Path(tmp)) for name in args.setups.split(",")]
@@ -104,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         "global_batch": args.global_batch,
         "results": rows,
     }
-    RESULTS.mkdir(exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     name = f"train_distributed_{args.device}"
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     header = "| setup | processes | batch/process | steps | wall s | train s | tokens/s | vs baseline | final loss |"
     lines = [
         f"# {name}",
@@ -124,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
     ]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    (args.out / f"{name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0
 
