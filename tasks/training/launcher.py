@@ -127,29 +127,44 @@ def read_job(job_file: str | Path) -> DistributedJob:
     return DistributedJob(**json.loads(Path(job_file).read_text()))
 
 
-# torchrun's failure report: "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 123)",
-# "  traceback : Signal 9 (SIGKILL) received by PID 123" or the rank's own traceback.
+# torchrun's failure report names the first rank that failed under "Root Cause (first observed
+# failure):" ("  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 123)", "  traceback : Signal 9
+# (SIGKILL) received by PID 123", or the rank's own traceback up to a line of "=").
+_ROOT_CAUSE = "Root Cause (first observed failure)"
 _FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
 _EXITCODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
-_TRACEBACK = re.compile(r"^\s*traceback\s*:\s*(.+)")
+_TRACEBACK = re.compile(r"^\s*traceback\s*:\s*(.*)")
 _RDZV_FAILURE = re.compile(r"Rendezvous(Timeout|Connection|Closed)?Error|DistStoreError|rendezvous", re.IGNORECASE)
 
 
 def failure_message(options: TrainOptions, returncode: int, output: list[str]) -> str:
     """The failing rank, its exit code and its error, from torchrun's report (or the rendezvous that failed)."""
-    ranks = [m.group(1) for line in output if (m := _FAILED_RANK.match(line))]
-    codes = [m.group(1) for line in output if (m := _EXITCODE.match(line))]
-    causes = [m.group(1).strip() for line in output if (m := _TRACEBACK.match(line))]
+    marks = [i for i, line in enumerate(output) if _ROOT_CAUSE in line]
+    report = output[marks[-1] :] if marks else []
+    ranks = [m.group(1) for line in report if (m := _FAILED_RANK.match(line))]
     if ranks:
-        cause = causes[0] if causes and causes[0] != "To enable traceback see:" else _last_error(output)
+        codes = [m.group(1) for line in report if (m := _EXITCODE.match(line))]
         code = f" with exit code {codes[0]}" if codes else ""
-        return f"rank {ranks[0]} failed{code}: {cause}"
+        return f"rank {ranks[0]} failed{code}: {_root_cause(report)}"
     if options.rdzv_endpoint and any(_RDZV_FAILURE.search(line) for line in output):
         return (
             f"node {options.node_rank} did not complete the rendezvous at train.rdzv_endpoint="
             f"{options.rdzv_endpoint} within train.rdzv_timeout={options.rdzv_timeout}s: {_last_error(output)}"
         )
     return f"torchrun exited with code {returncode}: {_last_error(output)}"
+
+
+def _root_cause(report: list[str]) -> str:
+    """A signal's one line, or the last line of the rank's traceback (the exception and its message)."""
+    for i, line in enumerate(report):
+        if m := _TRACEBACK.match(line):
+            body = [m.group(1), *report[i + 1 :]]
+            body = body[: next((j for j, text in enumerate(body) if text.strip().startswith("===")), len(body))]
+            lines = [text.strip() for text in body if text.strip()]
+            if len(lines) == 1 or not lines[0].startswith("Traceback"):
+                return lines[0] if lines else "no traceback"
+            return lines[-1]
+    return "no traceback"
 
 
 def _last_error(output: list[str]) -> str:

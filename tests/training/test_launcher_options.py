@@ -91,3 +91,44 @@ def test_a_node_that_cannot_reach_the_rendezvous_times_out_naming_the_endpoint(t
     assert f"train.rdzv_endpoint={endpoint}" in str(failed.value) and "train.rdzv_timeout=5s" in str(failed.value)
     assert time.monotonic() - started < 120
     assert not (tmp_path / "j" / "result.json").exists()
+
+
+# torchrun's own report, as it printed it here when a test SIGKILLed rank 1 of 2 mid-run.
+KILLED_REPORT = """\
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+tasks.training.distributed_entry FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-12-01_04:58:46
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 4662)
+  error_file: <N/A>
+  traceback : Traceback (most recent call last):
+    RuntimeError: [gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:51924: Connection reset by peer.
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-01_04:58:46
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 4663)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 4663
+============================================================"""
+
+
+def test_the_failure_names_the_root_cause_rank_not_the_one_torchrun_stopped():
+    from tasks.training.launcher import failure_message
+
+    options = config("train.launcher=torchrun", "train.nproc_per_node=2").train
+    message = failure_message(options, 1, KILLED_REPORT.splitlines())
+    assert message == "rank 1 failed with exit code -9: Signal 9 (SIGKILL) received by PID 4663"
+    raised = KILLED_REPORT.replace(
+        "  traceback : Signal 9 (SIGKILL) received by PID 4663",
+        '  traceback : Traceback (most recent call last):\n    File "x.py", line 1, in <module>\n    ValueError: boom',
+    )
+    assert failure_message(options, 1, raised.splitlines()).endswith(
+        "rank 1 failed with exit code -9: ValueError: boom"
+    )
