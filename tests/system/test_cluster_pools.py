@@ -78,14 +78,18 @@ def dropped_keys(original, parsed, path: str = "") -> list[str]:
 
 
 def as_v1_job(manifest: dict):
+    """The manifest parsed into the Kubernetes client's V1Job model, and that model serialized back."""
     from kubernetes_asyncio.client import ApiClient
 
     class Response:  # ApiClient.deserialize reads an HTTP response's body
         data = json.dumps(manifest)
 
-    api = ApiClient()
-    job = api.deserialize(Response(), "V1Job")
-    return job, api.sanitize_for_serialization(job)
+    async def parse():
+        async with ApiClient() as api:  # its HTTP session needs a running event loop; nothing is sent
+            job = api.deserialize(Response(), "V1Job")
+            return job, api.sanitize_for_serialization(job)
+
+    return asyncio.run(parse())
 
 
 def test_gpu_deployments_render_a_valid_kubernetes_job(prefect_server):
