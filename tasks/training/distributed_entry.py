@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     if is_rank_zero():
         # Written last: its presence says the adapter beside it is complete.
         (job_dir / RESULT_FILE).write_text(json.dumps(result))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()  # a clean exit: torchrun then sees every rank end at once
     return 0
 
 
