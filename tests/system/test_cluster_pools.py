@@ -135,7 +135,8 @@ def test_gpu_deployments_render_a_valid_kubernetes_job(prefect_server):
     assert container["args"][:3] == ["prefect", "flow-run", "execute"]
 
     job, parsed = as_v1_job(manifest)
-    assert dropped_keys(manifest, parsed) == []
+    assert dropped_keys(manifest, parsed) == []  # Prefect's own default fails here (completions in the pod spec)
+    assert job.spec.completions == 1 and job.spec.parallelism == 1 and job.spec.backoff_limit == 0
     assert job.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "4"
     assert job.spec.template.spec.restart_policy == "Never"
 
