@@ -137,6 +137,19 @@ tail -n 60 "$STDERR" >"$OUT/train_throughput_${MODE}.stderr.tail"
 rm -f "$STDERR"
 [[ $status -eq 0 ]] || echo "the benchmark failed (exit $status): see train_throughput_${MODE}.stderr.tail" | tee -a "$LOG"
 
+# The torchrun launcher with one process against the in-process train step (benchmarks/train_distributed.py),
+# on generated rows and a saved random model of the benchmark's shape (nothing downloaded): the launcher's own cost.
+limit=$(($(remaining) - 20))
+if ((limit >= 90)); then
+  echo "== launcher: torchrun-1 vs inprocess ($(remaining) s left)" | tee -a "$LOG"
+  timeout --kill-after=10 "$limit" "$PYTHON" -m benchmarks.train_distributed --device "$DEVICE" \
+    --setups inprocess,torchrun-1 --steps 10 --out "$OUT" --generated "$FTLLM_DATA_DIR/launcher-check" \
+    --shape "$SHAPE" 2>"$OUT/train_distributed_${MODE}.stderr.tail" | tee -a "$LOG" ||
+    echo "the launcher check failed: see train_distributed_${MODE}.stderr.tail" | tee -a "$LOG"
+else
+  echo "no time left for the launcher check (${limit} s)" | tee -a "$LOG"
+fi
+
 missing=()
 for file in "train_throughput_$NAME.json" "train_throughput_$NAME.md" "train_throughput_${MODE}.log"; do
   [[ -s "$OUT/$file" ]] || missing+=("$file")

@@ -68,6 +68,10 @@ start() {
   wait_http prefect-server "$PREFECT_API_URL/health" 120
   wait_http mlflow-server "$MLFLOW_TRACKING_URI/health" 120
   "$BIN/prefect" work-pool inspect "$POOL" >/dev/null 2>&1 || "$BIN/prefect" work-pool create "$POOL" --type process >/dev/null
+  # prefect.yaml's GPU deployments target gpu-k8s (docs/cluster.md): the pool exists here so that
+  # `prefect deploy --all` succeeds; with no Kubernetes worker, its runs wait in the queue.
+  "$BIN/prefect" work-pool inspect gpu-k8s >/dev/null 2>&1 || "$BIN/prefect" work-pool create gpu-k8s \
+    --type kubernetes --base-job-template "$ROOT/deployments/k8s/base-job-template.json" >/dev/null
   (cd "$ROOT" && launch prefect-worker "$BIN/prefect" worker start --pool "$POOL" --type process)
   echo "Prefect UI: http://127.0.0.1:$PREFECT_PORT   MLflow UI: $MLFLOW_TRACKING_URI   work pool: $POOL"
   echo "Next: eval \"\$(bash deployments/stack.sh env)\" && prefect deploy --all"

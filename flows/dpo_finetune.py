@@ -3,6 +3,10 @@
 load_preferences → load_policy → apply_lora → prepare_trainer → evaluate_untrained → train_dpo
     → evaluate_trained → quality_gate → push_to_hub → reload_and_verify → challenge_champion
 
+With `train.launcher=torchrun` one step (`train_distributed`) prepares, evaluates, trains and
+evaluates again on every rank (evaluation gathered over ranks); the steps after it take the adapter
+rank 0 wrote (`reload_trained_adapter`).
+
 python -m flows.dpo_finetune --config configs/dpo_demo.yaml --set train.max_steps=40 --set dpo.beta=0.2
 prefect deployment run dpo-finetune/dpo-finetune          (with the local stack up)
 """
@@ -20,7 +24,7 @@ from tasks.core import models, tracking
 from tasks.core.cli import run_cli
 from tasks.core.config import load_config
 from tasks.core.steps import step
-from tasks.training import challenge, checkpoints, dpo, lora, preferences, report, runs
+from tasks.training import challenge, checkpoints, dpo, launcher, lora, preferences, report, runs
 from tasks.training.config import DpoFinetuneConfig
 from tasks.training.results import DpoRun, PreferenceEvaluation, RunSetup
 from tasks.training.trainer import TrainResult
@@ -70,6 +74,18 @@ def train_dpo(trainer, output_dir: Path, cfg: DpoFinetuneConfig) -> TrainResult:
 
 
 @step
+def train_distributed(
+    prefs: preferences.PreferenceData, cfg: DpoFinetuneConfig, run_id: str, token: str | None
+) -> tuple[TrainResult, dpo.Evaluation, dpo.Evaluation]:
+    """torchrun: every rank evaluates the untrained policy, trains, and evaluates it again."""
+    result = launcher.train_distributed(FLOW, cfg, run_id, prefs.train, prefs.eval, token)
+    return launcher.train_result(result), launcher.evaluation(result["base"]), launcher.evaluation(result["trained"])
+
+
+reload_trained_adapter = step(launcher.reload_trained, name="reload_trained_adapter")
+
+
+@step
 def quality_gate(base: dpo.Evaluation, trained: dpo.Evaluation, cfg: DpoFinetuneConfig) -> dpo.Gate:
     return dpo.require_gate(base, trained, cfg.dpo.min_reward_accuracy)
 
@@ -88,12 +104,16 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
         model, tokenizer, base_path = load_policy(cfg, placement)
         model, run.params = apply_lora(model, cfg, placement, token)
         tracking.log_metrics({"trainable_params": run.params.trainable})
-        trainer, output_dir = prepare_trainer(model, tokenizer, prefs, cfg, placement)
-        base = evaluate_untrained(trainer, cfg)
+        if cfg.train.launcher == "torchrun":
+            run.train, base, trained = train_distributed(prefs, cfg, run_id, token)
+            model = reload_trained_adapter(model, cfg.train, run.train)
+        else:
+            trainer, output_dir = prepare_trainer(model, tokenizer, prefs, cfg, placement)
+            base = evaluate_untrained(trainer, cfg)
+            run.train = train_dpo(trainer, output_dir, cfg)
+            trained = evaluate_trained(trainer, cfg, base.reference)
         tracking.log_metrics(base.prefixed("base_eval"))
-        run.train = train_dpo(trainer, output_dir, cfg)
         runs.record_training(run.train)
-        trained = evaluate_trained(trainer, cfg, base.reference)
         tracking.log_metrics(trained.prefixed("eval"), step=run.train.steps)
         run.evaluation = PreferenceEvaluation(base.metrics, trained.metrics)
         run.gate = quality_gate(base, trained, cfg)

@@ -3,6 +3,9 @@
 load_dataset → load_base_model → freeze_and_apply_lora → train → evaluate → push_to_hub → reload_and_verify
     → challenge_champion
 
+With `train.launcher=torchrun` the train step runs torchrun (DDP or FSDP, one or more machines) and
+the steps after it take the adapter rank 0 wrote (`reload_trained_adapter`).
+
 python -m flows.lora_finetune --config configs/lora_demo.yaml --set train.max_steps=50 --set lora.r=16
 prefect deployment run lora-finetune/lora-finetune          (with the local stack up)
 """
@@ -19,7 +22,7 @@ from tasks.core import models, tracking
 from tasks.core.cli import run_cli
 from tasks.core.config import load_config
 from tasks.core.steps import step
-from tasks.training import challenge, checkpoints, data, lora, report, runs, sft
+from tasks.training import challenge, checkpoints, data, launcher, lora, report, runs, sft
 from tasks.training.config import DataOptions, LoraFinetuneConfig, ModelOptions
 from tasks.training.evaluation import EvalReport
 from tasks.training.results import LoraRun, RunSetup
@@ -44,8 +47,14 @@ def freeze_and_apply_lora(model, cfg: LoraFinetuneConfig, placement: models.Plac
 
 
 @step
-def train(model, tokenizer, rows: list[data.Row], cfg: LoraFinetuneConfig, placement: models.Placement):
+def train(model, tokenizer, rows: list[data.Row], cfg: LoraFinetuneConfig, placement: models.Placement, run_id: str):
+    if cfg.train.launcher == "torchrun":
+        result = launcher.train_distributed(FLOW, cfg, run_id, rows, [])
+        return launcher.train_result(result), launcher.token_summary(result)
     return sft.train(model, tokenizer, rows, cfg, placement, checkpoints.checkpoint_dir(FLOW, cfg))
+
+
+reload_trained_adapter = step(launcher.reload_trained, name="reload_trained_adapter")
 
 
 @step
@@ -65,7 +74,8 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
         model, tokenizer, base_path = load_base_model(cfg.model, placement)
         model, run.params = freeze_and_apply_lora(model, cfg, placement)
         tracking.log_metrics({"trainable_params": run.params.trainable})
-        run.train, run.tokens = train(model, tokenizer, sft_data.train, cfg, placement)
+        run.train, run.tokens = train(model, tokenizer, sft_data.train, cfg, placement, run_id)
+        model = reload_trained_adapter(model, cfg.train, run.train)
         runs.record_training(run.train)
         run.evaluation = evaluate(model, tokenizer, sft_data.eval, cfg)
         tracking.log_metrics(run.evaluation.metrics())

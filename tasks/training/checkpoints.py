@@ -28,6 +28,10 @@ RESUME_NEUTRAL = (
     "train.save_steps",
     "train.save_total_limit",
     "data.max_eval_rows",
+    # Where this machine sits in a multi-node run: every node must find the same folder.
+    "train.node_rank",
+    "train.rdzv_endpoint",
+    "train.rdzv_timeout",
 )
 
 
@@ -44,6 +48,15 @@ def checkpoint_dir(flow: str, config: Any) -> Path:
     return data_dir() / "checkpoints" / flow / digest
 
 
+def job_dir(output_dir: str | Path) -> Path:
+    """Beside the checkpoints: a torchrun job's files, config, and rank 0's adapter and result.
+
+    Not inside them: a fresh (non-resuming) run clears the checkpoint folder once the ranks started.
+    """
+    output_dir = Path(output_dir)
+    return output_dir.with_name(output_dir.name + ".job")
+
+
 def last_checkpoint(output_dir: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -53,3 +66,4 @@ def last_checkpoint(output_dir: Path) -> str | None:
 def remove_checkpoints(output_dir: str | Path) -> None:
     """After a run has published its adapter, its checkpoints are only disk: a rerun starts fresh."""
     shutil.rmtree(output_dir, ignore_errors=True)
+    shutil.rmtree(job_dir(output_dir), ignore_errors=True)

@@ -128,8 +128,28 @@ class TrainOptions:
     resume: bool = option(True, help="resume from the last checkpoint of the same config, if any")
     output_dir: str | None = option(None, help="checkpoint folder; default: one per config under FTLLM_DATA_DIR")
     seed: int = option(42, help="training seed")
+    launcher: Literal["local", "torchrun"] = option(
+        "local",
+        help="local: train in the flow's own process; torchrun: start torchrun on "
+        "tasks.training.distributed_entry (one process per device, DDP or FSDP)",
+    )
+    strategy: Literal["ddp", "fsdp"] = option(
+        "ddp", help="with torchrun: ddp (a full copy per process) or fsdp (weights sharded over processes)"
+    )
+    nproc_per_node: int = option(
+        1,
+        help="with torchrun: training processes on this machine (at most one per device); the environment "
+        "variable NPROC_PER_NODE, which the cluster job templates set from the job's GPUs, takes precedence",
+    )
+    nnodes: int = option(1, help="with torchrun: machines taking part; more than 1 needs train.rdzv_endpoint")
+    node_rank: int = option(0, help="with torchrun: this machine's number among train.nnodes (0 hosts the rendezvous)")
+    rdzv_endpoint: str | None = option(
+        None, help="with torchrun and nnodes > 1: HOST:PORT of the rendezvous every machine joins (node 0's address)"
+    )
+    rdzv_timeout: int = option(900, help="with torchrun: seconds a machine waits for the others at the rendezvous")
 
     def __post_init__(self) -> None:
+        self._check_launcher()
         require(self.max_steps > 0, "train.max_steps", f"must be a positive integer, got {self.max_steps}")
         require(self.learning_rate > 0, "train.learning_rate", f"must be positive, got {self.learning_rate}")
         require(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
@@ -147,6 +167,39 @@ class TrainOptions:
             "train.num_threads",
             f"must be positive, got {self.num_threads}",
         )
+
+    def _check_launcher(self) -> None:
+        """Launcher options that cannot fit together are refused before anything starts."""
+        for key in ("nproc_per_node", "nnodes", "rdzv_timeout"):
+            require(getattr(self, key) > 0, f"train.{key}", f"must be positive, got {getattr(self, key)}")
+        require(
+            0 <= self.node_rank < self.nnodes,
+            "train.node_rank",
+            f"must be in [0, train.nnodes={self.nnodes}), got {self.node_rank}",
+        )
+        if self.launcher == "local":
+            distributed = self.nproc_per_node > 1 or self.nnodes > 1 or self.strategy != "ddp"
+            require(not distributed, "train.launcher", "is local (one process); set train.launcher=torchrun")
+            return
+        processes = self.nproc_per_node * self.nnodes
+        require(
+            self.strategy != "fsdp" or processes > 1,
+            "train.strategy",
+            "fsdp shards the model over processes and needs more than one "
+            "(train.nproc_per_node * train.nnodes); use ddp for one process",
+        )
+        require(
+            self.nnodes == 1 or bool(self.rdzv_endpoint),
+            "train.rdzv_endpoint",
+            f"must be HOST:PORT of node 0 when train.nnodes={self.nnodes}",
+        )
+        if self.rdzv_endpoint:
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            require(
+                bool(host) and port.isdigit(),
+                "train.rdzv_endpoint",
+                f"must be HOST:PORT, got {self.rdzv_endpoint!r}",
+            )
 
 
 @dataclass

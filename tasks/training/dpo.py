@@ -140,8 +140,11 @@ def score_pairs(trainer, reference: bool) -> PairLogps:
                 c, r = trainer.compute_ref_log_probs(model, batch)
             else:
                 c, r = _policy_logps(trainer, batch)
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
+            # Under torchrun each rank scores its share of the pairs: gather them, the repeats that
+            # even out the last batch dropped, so every pair counts once (one process: a no-op).
+            gather = trainer.accelerator.gather_for_metrics
+            chosen.append(gather(c.float()).cpu())
+            rejected.append(gather(r.float()).cpu())
             log.info(
                 "scored held-out batch %d/%d with the %s", number, len(loader), "reference" if reference else "policy"
             )

@@ -9,7 +9,7 @@ from typing import TypeVar
 from tasks import publishing
 from tasks.core import models, secrets, tracking
 from tasks.core.reporting import failure_markdown, publish_summary
-from tasks.training import checkpoints
+from tasks.training import checkpoints, launcher
 from tasks.training.config import DpoFinetuneConfig, LoraFinetuneConfig
 from tasks.training.results import DpoRun, LoraRun, Publication
 from tasks.training.trainer import TrainResult
@@ -28,7 +28,9 @@ def prepare(cfg: Config, *adapter_uris: str | None) -> tuple[str | None, models.
     token = secrets.hf_token(cfg.publish.token_secret) if uses_hub else None
     secrets.install_redaction(*([token] if token else []))
     tracking.check_tracking_reachable()
-    return token, models.resolve_placement(cfg.train.device, cfg.train.precision)
+    placement = models.resolve_placement(cfg.train.device, cfg.train.precision)
+    launcher.check_devices(cfg.train, placement)
+    return token, placement
 
 
 @contextlib.contextmanager

@@ -145,7 +145,19 @@ def trainer_arguments(options: TrainOptions, placement: Placement, output_dir: P
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        **distributed_arguments(options),
     )
+
+
+def distributed_arguments(options: TrainOptions) -> dict[str, Any]:
+    """Under torchrun the Trainer (through accelerate) wraps the model in DDP or FSDP itself."""
+    if options.launcher != "torchrun":
+        return {}
+    if options.strategy == "fsdp":
+        # FSDP2 shards every decoder layer (the model's `_no_split_modules`); the adapter is saved
+        # as one full state dict, the form PEFT reloads.
+        return {"fsdp": True, "fsdp_config": {"version": 2, "state_dict_type": "FULL_STATE_DICT"}}
+    return {"ddp_find_unused_parameters": False}  # every LoRA weight takes part in every step
 
 
 def mlflow_log_callback():
@@ -156,7 +168,8 @@ def mlflow_log_callback():
         def on_log(self, args, state, control, logs=None, **kwargs):
             import mlflow
 
-            if not logs or mlflow.active_run() is None:
+            # Under torchrun only rank 0 has a run (distributed_entry); the others log nothing.
+            if not logs or not state.is_world_process_zero or mlflow.active_run() is None:
                 return
             renamed = {
                 ("train_loss" if k == "loss" else k): float(v)
@@ -197,8 +210,8 @@ class TrainResult:
 def run_trainer(trainer, output_dir: Path, resume: bool) -> TrainResult:
     """Train (resuming from the last checkpoint when asked and present) and measure it."""
     checkpoint = last_checkpoint(output_dir) if resume else None
-    if not resume and output_dir.exists():
-        shutil.rmtree(output_dir)  # a fresh run must not mix with an older run's checkpoints
+    if not resume and output_dir.exists() and trainer.is_world_process_zero():
+        shutil.rmtree(output_dir)  # a fresh run must not mix with an older run's checkpoints (one rank clears)
     resumed_from = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
     tokens_before = 0
     if checkpoint:
