@@ -275,3 +275,66 @@ def test_dask_workers_index_like_the_serial_run_and_a_killed_worker_loses_nothin
     ids = [row["chunk_id"] for row in milvus_rows(milvus_server, "shared_dask_kill")]
     assert len(ids) == len(set(ids)), "duplicate chunks in the store"
     assert set(ids) == expected_chunk_ids(many, overrides), "lost or orphaned chunks"
+
+
+# --- from a Milvus Lite file to the server ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_migrating_a_lite_index_to_the_server(prefect_harness, milvus_server, sample_data, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from flows.pdf_index import pdf_index
+    from tasks.rag import migrate
+
+    docs = pdf_folder(sample_data, tmp_path / "docs", ["multicolumn.pdf", "crazyones-pdfa.pdf"])
+    lite = tmp_path / "index.db"
+    indexed = by_name(pdf_index(config=CONFIG, overrides=[f"store.uri={lite}"], sources=[str(docs)]))
+    chunks = sum(r["chunks"] for r in indexed.values())
+    argv = ["--lite", str(lite), "--server", milvus_server, "--into", "migrated"]
+
+    # A Lite file serves one process: a second one is told so, and nothing is copied.
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"from pymilvus import MilvusClient; c = MilvusClient({str(lite)!r}); "
+            "print('holding', flush=True); import time; time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        assert migrate.main(argv) == 2
+        assert "another process" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait(30)
+
+    assert migrate.main(argv) == 0
+    assert f"copied {chunks} rows" in capsys.readouterr().out
+    assert len(milvus_rows(milvus_server, "migrated")) == chunks
+    # Same ids, same record store: the server index answers and a reindex finds nothing to do.
+    overrides = [
+        f"store.uri={milvus_server}",
+        "store.collection=migrated",
+        f"store.records={tmp_path / 'index-records.db'}",
+    ]
+    config = load_config(RagConfig, "configs/rag.yaml", overrides)
+    try:
+        found = retrieval.retrieve("What is the capital of Finland?", config, k=3)
+    finally:
+        retrieval.close_index()
+    assert found[0]["source"].endswith("multicolumn.pdf") and "Helsinki" in found[0]["text"]
+    again = by_name(pdf_index(config=CONFIG, overrides=overrides, sources=[str(docs)]))
+    assert {r["status"] for r in again.values()} == {"unchanged"}
+
+    assert migrate.main(argv) == 2  # the collection holds rows now
+    assert (
+        f"collection 'migrated' on {milvus_server} already holds {chunks} rows; pass --replace"
+        in capsys.readouterr().err
+    )
+    assert migrate.main([*argv, "--replace"]) == 0
+    assert len(milvus_rows(milvus_server, "migrated")) == chunks
