@@ -27,7 +27,7 @@ from tasks.core.config import load_config
 from tasks.core.reporting import publish_summary
 from tasks.core.steps import step
 from tasks.rag import chunking, fanout, indexing, pdfs, pipeline, report
-from tasks.rag.config import PdfIndexConfig, redacted
+from tasks.rag.config import PdfIndexConfig, redacted, url_password
 from tasks.rag.indexing import INDEXED, DocumentReport
 from tasks.rag.pipeline import IndexRun, IndexTarget, Outcome, per_document
 
@@ -77,7 +77,9 @@ def pdf_index(
     cfg = load_config(PdfIndexConfig, config, overrides)
     if sources:
         cfg.sources = list(sources)
-    secrets.install_redaction(*[v for v in cfg.passwords.values() if not v.startswith("env:")])
+    secrets.install_redaction(
+        *[v for v in cfg.passwords.values() if not v.startswith("env:")], url_password(cfg.store.records) or ""
+    )
     documents = pdfs.expand_sources(cfg.sources)
     if not documents:
         raise ValueError(

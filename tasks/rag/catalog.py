@@ -30,10 +30,10 @@ class CatalogEntry:
 
 
 def shown_url(url: str) -> str:
-    """The URL as messages and reports may show it: the password masked."""
+    """The URL as messages and reports may show it: the password masked (a file path as it is)."""
     from sqlalchemy.engine import make_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return make_url(url).render_as_string(hide_password=True) if "://" in url else url
 
 
 def open_engine(url: str):

@@ -10,8 +10,11 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from sqlalchemy.engine import make_url
+
 from tasks.chat import ChatModelOptions
 from tasks.core.config import option, require
+from tasks.rag.catalog import shown_url
 from tasks.rag.keywords import KEYWORD_INDEXES
 from tasks.rag.pdfs import FetchOptions, PdfError, display_name
 from tasks.rag.splitters import DEFAULT_SPLITTER, SPLITTERS
@@ -197,8 +200,17 @@ def password_for(source: str, passwords: dict[str, str]) -> str | None:
 
 
 def redacted(config: PdfIndexConfig) -> PdfIndexConfig:
-    """The config as it may be logged (MLflow params, artifacts): literal passwords masked."""
-    return replace(config, passwords={k: v if v.startswith("env:") else "***" for k, v in config.passwords.items()})
+    """The config as it may be logged (MLflow params, artifacts): literal passwords masked, also in
+    a record store URL."""
+    store = replace(config.store, records=shown_url(config.store.records)) if config.store.records else config.store
+    return replace(
+        config, passwords={k: v if v.startswith("env:") else "***" for k, v in config.passwords.items()}, store=store
+    )
+
+
+def url_password(records: str | None) -> str | None:
+    """The password inside a record store URL, if any (for log redaction)."""
+    return make_url(records).password if records and "://" in records else None
 
 
 @dataclass

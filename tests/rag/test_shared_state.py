@@ -21,7 +21,7 @@ from tasks.rag.catalog import Catalog, RecordStoreUnavailable
 from tasks.rag.config import PdfIndexConfig, RagConfig
 from tests.support.chat import free_port
 from tests.support.postgres import PASSWORD
-from tests.support.processes import child_env, kill_group, run_flow, start_flow, wait_for
+from tests.support.processes import child_env, kill_group, mlflow_runs, run_flow, start_flow, wait_for
 from tests.support.rag import GOOD_PDFS, by_name, pdf_folder
 
 pytestmark = pytest.mark.timeout(900)  # flows in child processes and Dask workers on a loaded 2-core machine
@@ -93,7 +93,9 @@ def copies(sample_data: Path, folder: Path, count: int, prefix: str = "") -> Pat
 # --- the record store on PostgreSQL -------------------------------------------------------------
 
 
-def test_record_manager_and_keyword_index_on_postgres(prefect_harness, postgres_server, sample_data, tmp_path):
+def test_record_manager_and_keyword_index_on_postgres(
+    prefect_harness, postgres_server, sample_data, tmp_path, isolated_data_dir
+):
     from flows.pdf_index import pdf_index
 
     url = postgres_server.create_database("records_one")
@@ -107,6 +109,8 @@ def test_record_manager_and_keyword_index_on_postgres(prefect_harness, postgres_
     }
     assert [Path(s).name for s in completed(url, "pg_records")] == ["crazyones-pdfa.pdf", "multicolumn.pdf"]
     assert not (tmp_path / "index-records.db").exists()  # nothing went to the SQLite default
+    logged = mlflow_runs(isolated_data_dir, "pdf-index")[-1].data.params
+    assert logged["store.records"] == url.replace(PASSWORD, "***") and PASSWORD not in json.dumps(logged)
 
     try:
         for mode in ("keyword", "hybrid"):
