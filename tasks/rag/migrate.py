@@ -59,7 +59,7 @@ def rows_of(client, collection: str):
 
 def migrate(lite: str, server: str, collection: str, into: str, replace: bool) -> int:
     """Copy `collection` from the Lite file into `into` on the server; the number of rows copied."""
-    if not Path(lite).is_file():
+    if not Path(lite).exists():  # a Lite "file" may be a folder
         raise FileNotFoundError(f"--lite: no Milvus Lite file at {lite}")
     source = _client(str(Path(lite).resolve()), server=False)
     target = _client(server, server=True)
