@@ -33,7 +33,7 @@ class PostgresServer:
         """A fresh database; its URL."""
         import psycopg
 
-        with psycopg.connect(self.url().replace("postgresql://", "postgresql://", 1), autocommit=True) as db:
+        with psycopg.connect(self.url(), autocommit=True) as db:
             db.execute(f'DROP DATABASE IF EXISTS "{name}"')
             db.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
