@@ -1,6 +1,7 @@
 """`pdf-index`: index PDFs (files, folders, URLs) for RAG, incrementally: unchanged documents are skipped.
 
     expand_sources → fetch → extract → chunk (documents concurrently) → embed_and_upsert → delete_missing → report
+    index.runner=dask: expand_sources → index_document (each on a Dask worker) → delete_missing → report
 
     python -m flows.pdf_index --source https://example.org/paper.pdf --source ./docs/ [--set chunk.size=800] [--json]
     prefect deployment run pdf-index/nightly-reindex          (with the local stack up; also runs on its cron)
@@ -25,8 +26,8 @@ from tasks.core.cli import run_cli
 from tasks.core.config import load_config
 from tasks.core.reporting import publish_summary
 from tasks.core.steps import step
-from tasks.rag import chunking, indexing, pdfs, pipeline, report
-from tasks.rag.config import PdfIndexConfig, redacted
+from tasks.rag import chunking, fanout, indexing, pdfs, pipeline, report
+from tasks.rag.config import PdfIndexConfig, redacted, url_password
 from tasks.rag.indexing import INDEXED, DocumentReport
 from tasks.rag.pipeline import IndexRun, IndexTarget, Outcome, per_document
 
@@ -40,6 +41,8 @@ chunk = step(per_document(chunking.chunk_document), name="chunk")
 # index() embeds only the chunks the record store has not seen: embedding happens inside the upsert.
 embed_and_upsert = step(per_document(indexing.upsert_document), name="embed_and_upsert")
 delete_missing = step(indexing.delete_document, name="delete_missing")
+# index.runner=dask: one task per document, every stage on a worker (Dask reruns it if its worker dies).
+index_document = step(fanout.index_document, name="index_document")
 
 
 def publish_report(run: IndexRun) -> None:
@@ -74,15 +77,21 @@ def pdf_index(
     cfg = load_config(PdfIndexConfig, config, overrides)
     if sources:
         cfg.sources = list(sources)
-    secrets.install_redaction(*[v for v in cfg.passwords.values() if not v.startswith("env:")])
+    secrets.install_redaction(
+        *[v for v in cfg.passwords.values() if not v.startswith("env:")], url_password(cfg.store.records) or ""
+    )
     documents = pdfs.expand_sources(cfg.sources)
     if not documents:
         raise ValueError(
             f"no sources: pass --source (a PDF, a folder, a glob or an http(s) URL) or set `sources` in {config}"
         )
+    if cfg.index.address:
+        fanout.check_scheduler(cfg.index.address)
     started = time.perf_counter()
     with pipeline.opened_target(cfg) as target:
-        reports = index_each(documents, cfg, target)
+        reports = (
+            index_each(documents, cfg, target) if cfg.index.runner == "local" else index_on_cluster(documents, cfg)
+        )
         if cfg.index.delete_missing and any(r.status in INDEXED for r in reports):
             for source in sorted(set(target.catalog.sources()) - set(documents)):
                 reports.append(timed_delete(source, target))
@@ -144,6 +153,21 @@ def index_each(documents: list[str], cfg: PdfIndexConfig, target: IndexTarget) -
         report.seconds = seconds[source]
         reports[source] = report
     return [reports[source] for source in documents]
+
+
+def index_on_cluster(documents: list[str], cfg: PdfIndexConfig) -> list[DocumentReport]:
+    """Every document on a Dask worker, all its stages there (tasks/rag/fanout.py)."""
+    from prefect_dask import DaskTaskRunner
+
+    if cfg.index.address:
+        runner = DaskTaskRunner(address=cfg.index.address)
+    else:
+        # Processes, one thread each: pypdf and tokenizing hold the GIL.
+        workers = {"n_workers": cfg.index.workers, "threads_per_worker": 1, "processes": True}
+        runner = DaskTaskRunner(cluster_class="distributed.LocalCluster", cluster_kwargs=workers)
+    with runner:
+        futures = runner.map(index_document, {"source": documents, "cfg": unmapped(cfg)})
+        return [future.result() for future in futures]
 
 
 def add_arguments(parser) -> None:

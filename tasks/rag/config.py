@@ -10,15 +10,21 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from sqlalchemy.engine import make_url
+
 from tasks.chat import ChatModelOptions
 from tasks.core.config import option, require
+from tasks.rag.catalog import shown_url
+from tasks.rag.keywords import KEYWORD_INDEXES
 from tasks.rag.pdfs import FetchOptions, PdfError, display_name
 from tasks.rag.splitters import DEFAULT_SPLITTER, SPLITTERS
 from tasks.rag.stores import DEFAULT_KIND, STORES
+from tasks.rag.stores.base import is_server_uri
 
 # The choices come from the registries, so a new store or splitter needs no change here.
 StoreKindName = Literal[tuple(STORES)]
 SplitterName = Literal[tuple(SPLITTERS)]
+RECORD_DATABASES = (*KEYWORD_INDEXES, "postgres")  # URL schemes of the record store (postgres: postgresql)
 
 
 def _one_of(names) -> str:
@@ -39,8 +45,10 @@ class StoreOptions:
     collection: str = option("pdf_chunks", help="collection (Milvus) or class (Weaviate) name")
     records: str | None = option(
         None,
-        help="record store SQLite file; default: beside a Milvus Lite file, else "
-        "FTLLM_DATA_DIR/rag/records-<host>-<port>-<collection>.db",
+        help="record store (record manager, document catalog, keyword index): a SQLite file, or a "
+        "PostgreSQL URL postgresql://user@host:5432/db shared by every indexer and query server "
+        "(password in PGPASSWORD or ~/.pgpass, not in the URL); default: a SQLite file beside a "
+        "Milvus Lite file, else FTLLM_DATA_DIR/rag/records-<host>-<port>-<collection>.db",
     )
     token_env: str | None = option(
         None, help="name of an environment variable holding the server's token or API key (never the secret itself)"
@@ -55,6 +63,13 @@ class StoreOptions:
         # Also here, not only in the Literal: options built in code (a store registered later) are checked too.
         require(self.kind in STORES, "store.kind", f"expected one of {_one_of(STORES)}, got {self.kind!r}")
         STORES[self.kind].check(self)
+        if self.records and "://" in self.records:
+            scheme = self.records.split("://", 1)[0]
+            require(
+                scheme.split("+")[0] in RECORD_DATABASES,
+                "store.records",
+                f"expected a file path or a {' | '.join(RECORD_DATABASES)} URL, got a {scheme}:// URL",
+            )
 
 
 @dataclass
@@ -118,10 +133,26 @@ class IndexOptions:
     min_chars_per_page: int = option(
         10, help="a PDF with less text than this per page has no text layer (scanned): reported as failed"
     )
+    runner: Literal["local", "dask"] = option(
+        "local",
+        help="local: stages run in this process (threads), one writer; dask: each document is fetched, "
+        "extracted, chunked, embedded and written by a Dask worker (Prefect's DaskTaskRunner), "
+        "straight into the shared store: needs a server store (store.uri) and PREFECT_API_URL",
+    )
+    address: str | None = option(
+        None, help="dask: the scheduler of an existing cluster, tcp://host:8786; default: a local cluster"
+    )
+    workers: int = option(2, help="dask, local cluster: worker processes (one thread each)")
 
     def __post_init__(self) -> None:
         require(
             self.min_chars_per_page >= 0, "index.min_chars_per_page", f"must be >= 0, got {self.min_chars_per_page}"
+        )
+        require(self.workers >= 1, "index.workers", f"must be at least 1, got {self.workers}")
+        require(
+            self.address is None or self.address.startswith("tcp://"),
+            "index.address",
+            f"expected tcp://host:port (a Dask scheduler), got {self.address!r}",
         )
 
 
@@ -147,6 +178,12 @@ class PdfIndexConfig:
     def __post_init__(self) -> None:
         for key, value in self.passwords.items():
             require(isinstance(value, str) and bool(value), f"passwords.{key}", "must be a non-empty string")
+        require(
+            self.index.runner == "local" or is_server_uri(self.store.uri),
+            "index.runner",
+            f"{self.index.runner} workers write to the store themselves: set store.uri to a server "
+            "(a Milvus Lite file serves one process)",
+        )
 
 
 def password_for(source: str, passwords: dict[str, str]) -> str | None:
@@ -163,8 +200,17 @@ def password_for(source: str, passwords: dict[str, str]) -> str | None:
 
 
 def redacted(config: PdfIndexConfig) -> PdfIndexConfig:
-    """The config as it may be logged (MLflow params, artifacts): literal passwords masked."""
-    return replace(config, passwords={k: v if v.startswith("env:") else "***" for k, v in config.passwords.items()})
+    """The config as it may be logged (MLflow params, artifacts): literal passwords masked, also in
+    a record store URL."""
+    store = replace(config.store, records=shown_url(config.store.records)) if config.store.records else config.store
+    return replace(
+        config, passwords={k: v if v.startswith("env:") else "***" for k, v in config.passwords.items()}, store=store
+    )
+
+
+def url_password(records: str | None) -> str | None:
+    """The password inside a record store URL, if any (for log redaction)."""
+    return make_url(records).password if records and "://" in records else None
 
 
 @dataclass

@@ -4,7 +4,7 @@ Three stores stay in step, all keyed by a document's `source`:
 - the vector store (stores/): one vector per chunk;
 - LangChain's SQL record manager: a content hash per chunk, so `index()` embeds only new chunks,
   skips unchanged ones and deletes a changed document's stale chunks;
-- the catalog (catalog.py, the same SQLite file): per document the fingerprint of what was
+- the catalog (catalog.py, the same database): per document the fingerprint of what was
   indexed and its chunks' keyword index. A document is marked complete only after all three were
   written, so a run that crashed half-way is finished by the next one.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from langchain_core.documents import Document
@@ -58,11 +57,16 @@ def fingerprint(file_sha256: str, chunk: ChunkOptions, embeddings: EmbeddingOpti
     return hashlib.sha256(recipe.encode()).hexdigest()
 
 
-def make_record_manager(records_file: str | Path, namespace: str):
+def make_record_manager(records_url: str, namespace: str):
+    """LangChain's record manager in the record store (a SQLAlchemy URL: SQLite or PostgreSQL)."""
     from langchain_classic.indexes import SQLRecordManager
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-    manager = SQLRecordManager(namespace, db_url=f"sqlite:///{Path(records_file)}")
-    manager.create_schema()
+    manager = SQLRecordManager(namespace, db_url=records_url, engine_kwargs={"pool_pre_ping": True})
+    try:
+        manager.create_schema()
+    except (IntegrityError, ProgrammingError):  # another indexer created it at the same moment
+        manager.create_schema()
     return manager
 
 

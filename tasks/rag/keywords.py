@@ -1,8 +1,19 @@
-"""Keyword (BM25) queries: the topic words of a question, as SQLite FTS5 prefix terms."""
+"""The keyword index of the chunks, in the record store's database: SQLite FTS5 (BM25) in a file, or
+PostgreSQL full-text search on a shared server. One class per database, one line per class in
+`KEYWORD_INDEXES`, chosen by the record store URL's dialect.
+
+Both read a question the same way (`topic_words`): its topic words, the longer ones cut to a
+prefix so inflections match; both stem English on both sides and ignore diacritics.
+"""
 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from langchain_core.documents import Document
+    from sqlalchemy.engine import Connection
 
 # Words that say nothing about a question's topic (English and German, the languages of our test
 # documents). In an OR query they would let chunks that are merely long outrank the right one.
@@ -25,16 +36,161 @@ GERMAN_STOPWORDS = """
 STOPWORDS = frozenset(ENGLISH_STOPWORDS.split() + GERMAN_STOPWORDS.split())
 
 
-def keyword_terms(query: str) -> list[str]:
-    """FTS5 terms for a question: topic words only, each as a prefix so inflections match too.
+def topic_words(query: str) -> list[tuple[str, bool]]:
+    """(stem, is_prefix) for each topic word of a question, stopwords left out.
 
-    Cutting two letters off longer words before the `*` lets "topologischen" find "topologischer"
-    and "Räumen" find "Räume"; the porter tokenizer does the same for English on both sides.
+    Cutting two letters off longer words before matching them as a prefix lets "topologischen"
+    find "topologischer" and "Räumen" find "Räume"; the English stemmer does the same for English
+    on both sides.
     """
-    terms = []
+    words = []
     for word in dict.fromkeys(w.lower() for w in re.findall(r"\w+", query)):
         if word in STOPWORDS or (len(word) < 2 and not word.isdigit()):
             continue
-        stem = word[: max(4, len(word) - 2)] if len(word) >= 6 else word
-        terms.append('"' + stem.replace('"', '""') + '"' + ("*" if len(word) >= 6 else ""))
-    return terms
+        long = len(word) >= 6
+        words.append((word[: max(4, len(word) - 2)] if long else word, long))
+    return words
+
+
+def keyword_terms(query: str) -> list[str]:
+    """FTS5 terms for a question: topic words only, the longer ones as prefixes."""
+    return ['"' + stem.replace('"', '""') + '"' + ("*" if prefix else "") for stem, prefix in topic_words(query)]
+
+
+def _document(text: str, source: str, page, title: str, chunk_id: str) -> Document:
+    from langchain_core.documents import Document
+
+    return Document(
+        page_content=text, metadata={"source": source, "page": int(page), "title": title, "chunk_id": chunk_id}
+    )
+
+
+def _rows(namespace: str, source: str, chunks: list[Document]) -> list[dict]:
+    return [
+        {
+            "text": c.page_content,
+            "namespace": namespace,
+            "source": source,
+            "page": c.metadata["page"],
+            "title": c.metadata["title"],
+            "chunk_id": c.metadata["chunk_id"],
+        }
+        for c in chunks
+    ]
+
+
+class Fts5Keywords:
+    """SQLite FTS5 with BM25 ranking: porter stemming over unicode61 without diacritics."""
+
+    def create(self, db: Connection) -> None:
+        from sqlalchemy import text
+
+        db.execute(
+            text(
+                "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
+                "text, namespace UNINDEXED, source UNINDEXED, page UNINDEXED, title UNINDEXED, "
+                "chunk_id UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2')"
+            )
+        )
+
+    def replace(self, db: Connection, namespace: str, source: str, chunks: list[Document]) -> None:
+        from sqlalchemy import text
+
+        self.remove(db, namespace, source)
+        if chunks:
+            db.execute(
+                text(
+                    "INSERT INTO chunks_fts(text, namespace, source, page, title, chunk_id) "
+                    "VALUES (:text, :namespace, :source, :page, :title, :chunk_id)"
+                ),
+                _rows(namespace, source, chunks),
+            )
+
+    def remove(self, db: Connection, namespace: str, source: str) -> None:
+        from sqlalchemy import text
+
+        db.execute(
+            text("DELETE FROM chunks_fts WHERE namespace=:ns AND source=:source"), {"ns": namespace, "source": source}
+        )
+
+    def search(self, db: Connection, namespace: str, query: str, k: int) -> list[tuple[Document, float]]:
+        """BM25 top-k (FTS5's bm25(), negated so that higher is better); any query term may match."""
+        from sqlalchemy import text
+
+        terms = keyword_terms(query)
+        if not terms:
+            return []
+        rows = db.execute(
+            text(
+                "SELECT text, source, page, title, chunk_id, bm25(chunks_fts) FROM chunks_fts "
+                "WHERE chunks_fts MATCH :match AND namespace=:ns ORDER BY bm25(chunks_fts) LIMIT :k"
+            ),
+            {"match": " OR ".join(terms), "ns": namespace, "k": k},
+        )
+        return [(_document(*row[:5]), -float(row[5])) for row in rows]
+
+
+class PostgresKeywords:
+    """PostgreSQL full-text search: a GIN-indexed tsvector per chunk, English stemming over
+    unaccented text, ranked by cover density (`ts_rank_cd`: PostgreSQL has no built-in BM25)."""
+
+    VECTOR = "to_tsvector('english', unaccent(:text))"
+
+    def create(self, db: Connection) -> None:
+        from sqlalchemy import text
+
+        # Indexers starting together would race on CREATE ... IF NOT EXISTS: one at a time.
+        db.execute(text("SELECT pg_advisory_xact_lock(hashtext('ftllm-rag-keywords'))"))
+        db.execute(text("CREATE EXTENSION IF NOT EXISTS unaccent"))  # a trusted extension: the owner may create it
+        db.execute(
+            text(
+                "CREATE TABLE IF NOT EXISTS chunks_keywords (namespace TEXT NOT NULL, source TEXT NOT NULL, "
+                "page INTEGER NOT NULL, title TEXT NOT NULL, chunk_id TEXT NOT NULL, text TEXT NOT NULL, "
+                "terms TSVECTOR NOT NULL)"
+            )
+        )
+        db.execute(text("CREATE INDEX IF NOT EXISTS chunks_keywords_terms ON chunks_keywords USING GIN (terms)"))
+        db.execute(text("CREATE INDEX IF NOT EXISTS chunks_keywords_source ON chunks_keywords (namespace, source)"))
+
+    def replace(self, db: Connection, namespace: str, source: str, chunks: list[Document]) -> None:
+        from sqlalchemy import text
+
+        self.remove(db, namespace, source)
+        if chunks:
+            db.execute(
+                text(
+                    "INSERT INTO chunks_keywords(namespace, source, page, title, chunk_id, text, terms) "
+                    f"VALUES (:namespace, :source, :page, :title, :chunk_id, :text, {self.VECTOR})"
+                ),
+                _rows(namespace, source, chunks),
+            )
+
+    def remove(self, db: Connection, namespace: str, source: str) -> None:
+        from sqlalchemy import text
+
+        db.execute(
+            text("DELETE FROM chunks_keywords WHERE namespace=:ns AND source=:source"),
+            {"ns": namespace, "source": source},
+        )
+
+    def search(self, db: Connection, namespace: str, query: str, k: int) -> list[tuple[Document, float]]:
+        from sqlalchemy import text
+
+        words = topic_words(query)
+        if not words:
+            return []
+        # \w+ words only, so quoting them is enough; :* matches a prefix.
+        match = " | ".join(f"'{stem}'" + (":*" if prefix else "") for stem, prefix in words)
+        rows = db.execute(
+            text(
+                "SELECT text, source, page, title, chunk_id, ts_rank_cd(terms, q) AS score "
+                "FROM chunks_keywords, to_tsquery('english', unaccent(:match)) AS q "
+                "WHERE namespace=:ns AND terms @@ q ORDER BY score DESC LIMIT :k"
+            ),
+            {"match": match, "ns": namespace, "k": k},
+        )
+        return [(_document(*row[:5]), float(row[5])) for row in rows]
+
+
+# By the record store URL's SQLAlchemy dialect.
+KEYWORD_INDEXES = {"sqlite": Fts5Keywords, "postgresql": PostgresKeywords}

@@ -10,12 +10,11 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from tasks.rag.catalog import Catalog
+from tasks.rag.catalog import Catalog, shown_url
 from tasks.rag.config import PdfIndexConfig, password_for
 from tasks.rag.embeddings import make_embeddings
 from tasks.rag.indexing import (
@@ -25,7 +24,7 @@ from tasks.rag.indexing import (
     make_record_manager,
 )
 from tasks.rag.pdfs import ExtractedPdf, PdfError, display_name, extract_pdf
-from tasks.rag.stores import OpenStore, index_location, open_store, records_path
+from tasks.rag.stores import OpenStore, index_location, open_store, records_url
 
 
 @dataclass
@@ -66,16 +65,14 @@ class IndexTarget:
 
 @contextmanager
 def opened_target(cfg: PdfIndexConfig) -> Iterator[IndexTarget]:
-    store = open_store(cfg.store, make_embeddings(cfg.embeddings))
-    try:
-        records = records_path(cfg.store)
+    with ExitStack() as opened:
+        # The record store first: it fails fast, naming its URL, before the embedding model loads.
+        records = records_url(cfg.store)
         catalog = Catalog(records, cfg.store.collection)
-        try:
-            yield IndexTarget(store, make_record_manager(records, cfg.store.collection), catalog)
-        finally:
-            catalog.close()
-    finally:
-        store.close()
+        opened.callback(catalog.close)
+        store = open_store(cfg.store, make_embeddings(cfg.embeddings))
+        opened.callback(store.close)
+        yield IndexTarget(store, make_record_manager(records, cfg.store.collection), catalog)
 
 
 @dataclass
@@ -86,7 +83,7 @@ class IndexRun:
     seconds: float
     location: str  # the index, as its store kind names it
     collection: str
-    records: Path  # the record store
+    records: str  # the record store's URL, password masked
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.reports)
@@ -113,4 +110,6 @@ class IndexRun:
 
 
 def index_run(reports: list[DocumentReport], seconds: float, cfg: PdfIndexConfig) -> IndexRun:
-    return IndexRun(reports, seconds, index_location(cfg.store), cfg.store.collection, records_path(cfg.store))
+    return IndexRun(
+        reports, seconds, index_location(cfg.store), cfg.store.collection, shown_url(records_url(cfg.store))
+    )

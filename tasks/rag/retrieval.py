@@ -17,7 +17,7 @@ from langchain_core.documents import Document
 from tasks.rag.catalog import Catalog
 from tasks.rag.config import RagConfig
 from tasks.rag.embeddings import make_embeddings
-from tasks.rag.stores import OpenStore, index_location, open_store, records_path
+from tasks.rag.stores import OpenStore, index_location, open_store, records_url
 
 
 class RagError(RuntimeError):
@@ -36,7 +36,7 @@ def open_index(config: RagConfig) -> tuple[OpenStore, Catalog]:
     with _OPENING:
         if key in _OPEN:
             return _OPEN[key]
-        catalog = Catalog(records_path(config.store), config.store.collection)
+        catalog = Catalog(records_url(config.store), config.store.collection)
         if not catalog.sources():
             # Checked before the store is opened: a store opened before its collection exists stays empty.
             raise RagError(

@@ -127,6 +127,11 @@ class TrainOptions:
     save_total_limit: int = option(2, help="checkpoints kept on disk")
     resume: bool = option(True, help="resume from the last checkpoint of the same config, if any")
     output_dir: str | None = option(None, help="checkpoint folder; default: one per config under FTLLM_DATA_DIR")
+    checkpoint_uri: str | None = option(
+        None,
+        help="also keep each checkpoint at this fsspec URL (s3://bucket/prefix; endpoint and keys from "
+        "AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...): a rerun on another machine resumes from there",
+    )
     seed: int = option(42, help="training seed")
     launcher: Literal["local", "torchrun"] = option(
         "local",

@@ -29,6 +29,7 @@ import torch
 from tasks.core import models
 from tasks.core.config import ConfigError
 from tasks.core.models import Placement
+from tasks.training import checkpoints
 from tasks.training.checkpoints import last_checkpoint
 from tasks.training.config import TrainOptions
 from tasks.training.memory import decide_checkpointing, use_gradient_checkpointing
@@ -279,6 +280,11 @@ def train_sft(trainer, options: TrainOptions, placement: Placement, max_length: 
         torch.set_num_threads(options.num_threads)
     trainer.model.train()
     decide_checkpointing(trainer, options, placement, max_length)
+    if options.checkpoint_uri:
+        output_dir = Path(trainer.args.output_dir)
+        if options.resume:
+            checkpoints.restore_checkpoint(output_dir, options.checkpoint_uri)
+        trainer.add_callback(checkpoints.mirror_callback(output_dir, options.checkpoint_uri, options.save_total_limit))
     result = run_trainer(trainer, Path(trainer.args.output_dir), options.resume)
     trainer.model.eval()
     return result

@@ -139,7 +139,7 @@ def test_an_interrupted_run_is_finished_without_duplicates(prefect_harness, samp
     chunks = chunking.chunk_document(doc, config.chunk)
     # A crash after the first half of the chunks reached the store and the record manager:
     store = stores.open_store(config.store, embeddings.make_embeddings(config.embeddings))
-    records = stores.records_path(config.store)
+    records = stores.records_url(config.store)
     catalog = Catalog(records, config.store.collection)
     catalog.begin(source)
     index(

@@ -41,7 +41,7 @@ def memory(monkeypatch, tmp_path):
 def index_pages(options: StoreOptions) -> None:
     """Index PAGES through the registry, as pdf-index writes a document."""
     store = stores.open_store(options, embeddings.make_embeddings(EmbeddingOptions()))
-    records = stores.records_path(options)
+    records = stores.records_url(options)
     catalog = Catalog(records, options.collection)
     record_manager = indexing.make_record_manager(records, options.collection)
     for source, texts in PAGES.items():
@@ -60,7 +60,7 @@ def test_a_registered_store_is_the_one_retrieval_searches(memory, mode):
     options = StoreOptions(kind="memory", collection="notes")
     index_pages(options)
     assert stores.index_location(options) == "memory://notes"
-    assert stores.records_path(options) == memory.records_folder / "records-notes.db"
+    assert stores.records_url(options) == f"sqlite:///{memory.records_folder / 'records-notes.db'}"
     assert len(memory.collections["notes"].store) == 3  # one vector per page: the double holds them
 
     config = RagConfig(store=options, retrieval=RetrievalOptions(mode=mode))

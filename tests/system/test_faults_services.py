@@ -52,7 +52,7 @@ def index_one_pdf(path, overrides: list[str]) -> int:
     doc = pdfs.extract_pdf(path.read_bytes(), source)
     chunks = chunking.chunk_document(doc, config.chunk)
     store = stores.open_store(config.store, embeddings.make_embeddings(config.embeddings))
-    records = stores.records_path(config.store)
+    records = stores.records_url(config.store)
     catalog = Catalog(records, config.store.collection)
     fingerprint = indexing.fingerprint(doc.sha256, config.chunk, config.embeddings)
     report = indexing.upsert_document(

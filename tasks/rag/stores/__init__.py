@@ -34,15 +34,20 @@ def index_location(options: StoreOptions) -> str:
     return STORES[options.kind].location(options)
 
 
-def records_path(options: StoreOptions) -> Path:
-    """The record store: `store.records`, else where the kind keeps it by default."""
+def records_url(options: StoreOptions) -> str:
+    """The record store as a SQLAlchemy URL: `store.records` (a database URL or a SQLite file), else
+    the SQLite file where the kind keeps it by default."""
+    if options.records and "://" in options.records:
+        scheme, rest = options.records.split("://", 1)
+        # psycopg 3 is the driver installed; SQLAlchemy's bare postgresql:// means psycopg2.
+        return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else options.records
     path = (
         Path(options.records).expanduser().resolve()
         if options.records
         else STORES[options.kind].default_records(options)
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    return path
+    return f"sqlite:///{path}"
 
 
 __all__ = [
@@ -53,5 +58,5 @@ __all__ = [
     "StoreUnavailable",
     "index_location",
     "open_store",
-    "records_path",
+    "records_url",
 ]
