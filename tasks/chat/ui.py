@@ -73,7 +73,7 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
     service = service or ChatService(config)
     choices = choices if choices is not None else model_choices(config)
     labelled = labelled_choices(choices)
-    default = config.models[0]
+    default = choices[0] if choices else config.models[0]
     compare_default = next((c for c in choices if c != default and c != DOCUMENTS), default)
 
     with gr.Blocks(title=config.title, fill_height=False) as app:
