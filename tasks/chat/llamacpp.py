@@ -1,8 +1,8 @@
-"""llama.cpp's OpenAI-compatible server (the `xllamacpp` wheel) with a base GGUF and a LoRA adapter GGUF.
+"""The chat app's own llama.cpp server: its `llamacpp.*` options, started with a base GGUF and an adapter GGUF.
 
-The server runs llama.cpp's own HTTP server in this process, on its own threads: several slots
-decode together (continuous batching), and a client that closes its stream frees its slot. The
-chat app talks to it over HTTP like to any other OpenAI-compatible server (`backends/openai.py`).
+Several slots decode together (continuous batching), and a client that closes its stream frees
+its slot. The app talks to it over HTTP like to any other OpenAI-compatible server
+(`backends/openai.py`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tasks.core.config import option, require
 from tasks.core.defaults import SMOLLM2_PYPI
+from tasks.core.llamacpp import start_llama_server
 from tasks.core.models import gguf_file
 
 log = logging.getLogger(__name__)
@@ -72,34 +73,17 @@ class LlamaCppServer:
 
 def start_llamacpp(options: LlamaCppOptions) -> LlamaCppServer:
     """Load the base GGUF (+ adapter) into llama.cpp and start its server on 127.0.0.1."""
-    import xllamacpp
-
     model_path = gguf_file(options.model, "llamacpp.model")
-    params = xllamacpp.CommonParams()
-    params.model.path = str(model_path)
-    params.model_alias = {options.alias}
-    params.n_ctx = options.context
-    params.n_parallel = options.parallel
-    params.cont_batching = True
-    params.use_jinja = True  # the GGUF's own chat template, as transformers renders it (with its default system prompt)
-    params.cpuparams.n_threads = options.threads
-    params.cpuparams_batch.n_threads = options.threads
-    params.port = options.port
-    params.endpoint_metrics = True  # /metrics: tokens decoded, requests processing (tests, benchmarks)
-    params.verbosity = -1
-    adapter_path = None
-    if options.adapter:
-        adapter_path = Path(options.adapter).resolve()
-        adapter = xllamacpp.CommonAdapterLoraInfo()
-        adapter.path = str(adapter_path)
-        adapter.scale = 1.0
-        params.lora_adapters = [adapter]
+    adapter_path = Path(options.adapter).resolve() if options.adapter else None
     started = time.monotonic()
-    try:
-        server = xllamacpp.Server(params)
-    except Exception as error:  # llama.cpp reports a bad file or adapter as a RuntimeError
-        what = f"{model_path}" + (f" + adapter {adapter_path}" if adapter_path else "")
-        raise RuntimeError(f"llama.cpp could not serve {what}: {error}") from error
-    url = server.listening_address.rstrip("/")
+    server, url = start_llama_server(
+        model_path,
+        [adapter_path] if adapter_path else [],
+        alias=options.alias,
+        parallel=options.parallel,
+        context=options.context,
+        threads=options.threads,
+        port=options.port,
+    )
     log.info("llama.cpp server for %s on %s (%d slots)", model_path.name, url, options.parallel)
     return LlamaCppServer(server, url, options.alias, model_path, adapter_path, round(time.monotonic() - started, 2))

@@ -82,20 +82,15 @@ def test_closing_a_stream_ends_the_request_on_the_server(llamacpp_server):
 
 
 def test_the_api_key_comes_from_a_prefect_secret(prefect_harness):
-    import xllamacpp
     from prefect.blocks.system import Secret
 
     from tasks.core.defaults import SMOLLM2_PYPI
+    from tasks.core.llamacpp import start_llama_server
     from tasks.core.models import gguf_file
 
     key = f"sk-test-{uuid.uuid4().hex}"
-    params = xllamacpp.CommonParams()
-    params.model.path = str(gguf_file(SMOLLM2_PYPI))
-    params.n_ctx, params.n_parallel, params.verbosity = 1024, 1, -1
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
-    params.api_keys = [key]
-    keyed = xllamacpp.Server(params)
-    base_url = keyed.listening_address.rstrip("/") + "/v1"
+    keyed, url = start_llama_server(gguf_file(SMOLLM2_PYPI), context=1024, api_keys=[key])
+    base_url = f"{url}/v1"
     Secret(value=key).save("llamacpp-key", overwrite=True)
     question = [("user", "Say hello.")]
     with pytest.raises(openai.AuthenticationError):
