@@ -6,6 +6,7 @@ that lists them. Other areas use only what is named here; flows prefer these nam
 
 from tasks.publishing.card import model_card
 from tasks.publishing.errors import PublishError, VerificationError
+from tasks.publishing.export import ExportOptions, GgufExport, UnsupportedExport, export_gguf, export_to_run
 from tasks.publishing.fetch import fetch_adapter, fetched_adapter
 from tasks.publishing.publish import publish_adapter
 from tasks.publishing.staging import save_adapter
@@ -25,10 +26,15 @@ __all__ = [
     "ACCEPTED_FORMS",
     "ADAPTER_SCHEMES",
     "FETCH_FORMS",
+    "ExportOptions",
+    "GgufExport",
     "PublishError",
     "Published",
+    "UnsupportedExport",
     "Verification",
     "VerificationError",
+    "export_gguf",
+    "export_to_run",
     "fetch_adapter",
     "fetched_adapter",
     "is_adapter_uri",

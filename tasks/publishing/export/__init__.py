@@ -8,16 +8,21 @@ transformers, and returns a `GgufExport`; an adapter that cannot be written for 
 from __future__ import annotations
 
 import json
+import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.core import tracking
 from tasks.core.models import gguf_file, is_pypi_model, load_tokenizer, model_cache_dir, resolve_model_path
 from tasks.publishing.export.agreement import PROMPTS, Agreement, token_agreement
 from tasks.publishing.export.config import ExportOptions
 from tasks.publishing.export.gguf_adapter import UnsupportedExport, read_lora, write_gguf_adapter
 from tasks.publishing.export.merged_gguf import write_merged_gguf
 from tasks.publishing.export.modelfile import modelfile
+
+log = logging.getLogger(__name__)
 
 ADAPTER_GGUF = "adapter.gguf"
 MODELFILE = "Modelfile"
@@ -33,6 +38,9 @@ class GgufExport:
     merged: dict[str, Path] = field(default_factory=dict)
     agreement: Agreement | None = None
     seconds: float = 0.0
+
+    def files(self) -> list[Path]:
+        return [self.adapter_gguf, self.modelfile, *self.merged.values()]
 
 
 def _base_model(adapter_dir: Path) -> str:
@@ -68,9 +76,9 @@ def export_gguf(adapter_dir: Path, out_dir: Path, options: ExportOptions) -> Ggu
     started = time.monotonic()
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     base_model = _base_model(adapter_dir)
-    base_gguf = _base_gguf(base_model, options)
-    base_path = resolve_model_path(base_model if not options.base_gguf else options.base_gguf)
+    base_path = resolve_model_path(base_model)  # the model transformers trained the adapter on
     lora = read_lora(adapter_dir, json.loads((Path(base_path) / "config.json").read_text()))
+    base_gguf = _base_gguf(base_model, options)
     out_dir.mkdir(parents=True, exist_ok=True)
     adapter_gguf = write_gguf_adapter(lora, out_dir / ADAPTER_GGUF).path
     merged = {t: write_merged_gguf(base_gguf, lora, out_dir / f"merged-{t}.gguf", t) for t in options.merged}
@@ -92,4 +100,27 @@ def export_gguf(adapter_dir: Path, out_dir: Path, options: ExportOptions) -> Ggu
     return result
 
 
-__all__ = ["ExportOptions", "GgufExport", "UnsupportedExport", "export_gguf"]
+def export_to_run(adapter_dir: Path, options: ExportOptions) -> GgufExport | str:
+    """Export into the active MLflow run: files under artifacts `gguf/`, the outcome in tags `export.gguf.*`.
+
+    An adapter llama.cpp cannot take (or files it does not answer like transformers with) is recorded
+    and returned as the reason: the adapter's publish does not depend on its export.
+    """
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            result = export_gguf(adapter_dir, Path(scratch) / "gguf", options)
+        except (UnsupportedExport, RuntimeError) as error:
+            reason = f"{type(error).__name__}: {error}"
+            log.warning("GGUF export failed (the published adapter is unaffected): %s", reason)
+            tracking.set_tags({"export.gguf.status": "failed", "export.gguf.reason": reason[:5000]})
+            return reason
+        tracking.log_artifacts(result.folder, "gguf")
+    tags = {"export.gguf.status": "exported", "export.gguf.files": ", ".join(sorted(p.name for p in result.files()))}
+    if result.agreement:
+        tags["export.gguf.token_agreement"] = str(result.agreement.share)
+        tracking.log_metrics({"gguf_token_agreement": result.agreement.share})
+    tracking.set_tags(tags)
+    return result
+
+
+__all__ = ["ExportOptions", "GgufExport", "UnsupportedExport", "export_gguf", "export_to_run"]

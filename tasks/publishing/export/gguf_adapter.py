@@ -35,11 +35,13 @@ class GgufAdapter:
 
 
 def _architecture(model_type: str):
+    from importlib.metadata import version
+
     import gguf
 
     by_name = {name: arch for arch, name in gguf.MODEL_ARCH_NAMES.items()}
     if model_type not in by_name:
-        raise UnsupportedExport(f"llama.cpp has no architecture named {model_type!r} (gguf {gguf.__version__})")
+        raise UnsupportedExport(f"llama.cpp has no architecture named {model_type!r} (gguf {version('gguf')})")
     if model_type not in ROWS_REORDERED:
         raise UnsupportedExport(
             f"exporting {model_type!r} adapters is not supported: checked architectures are {sorted(ROWS_REORDERED)}"
