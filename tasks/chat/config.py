@@ -25,6 +25,11 @@ class ServerOptions:
         help="environment variable holding the login user name (login is on when it and the password are set)",
     )
     password_env: str = option("FTLLM_CHAT_PASSWORD", help="environment variable holding the login password")
+    state_secret_env: str = option(
+        "FTLLM_CHAT_STATE_SECRET",
+        help="environment variable holding the key the browser's stored conversation is encrypted with; "
+        "replicas behind one address must share it (unset: a key per app process, so only that process reads it)",
+    )
     auth_secret: str | None = option(
         None, help='Prefect Secret block holding {"username": ..., "password": ...}; used instead of the environment'
     )
