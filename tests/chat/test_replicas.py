@@ -9,9 +9,12 @@ shared key, B cannot read A's stored conversation and starts empty.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tasks.chat.config import ChatAppConfig, ServerOptions
+from tasks.chat.history import STORED_KEY
 from tasks.chat.sampling import SamplingSettings
 from tasks.chat.server import launch
 from tasks.chat.service import ChatService
@@ -59,11 +62,15 @@ def test_a_second_replica_keeps_the_conversation(browser, chat_model_dir, monkey
     page.goto(f"http://127.0.0.1:{port}/")
     page.wait_for_selector("#message textarea")
     for turn, text in enumerate(["first message", "second message"], start=1):
+        before = page.evaluate(f"() => localStorage.getItem({STORED_KEY!r})")
         send(page, text)
         wait_for_bot_count(page, turn)
-    page.wait_for_timeout(500)  # the save after the reply is its own event
+        # The save after the reply is its own event: wait until the browser holds the new conversation.
+        page.wait_for_function(f"() => localStorage.getItem({STORED_KEY!r}) !== {json.dumps(before)}")
     seen_on_a = (user_texts(page), bot_texts(page))
     assert seen_on_a[0] == ["first message", "second message"]
+    tokens_on_a = prompt_tokens(service_a)
+    assert len(tokens_on_a) == 2
     app_a.close()  # replica A goes away
 
     app_b, service_b = replica(port, str(chat_model_dir))
@@ -74,7 +81,9 @@ def test_a_second_replica_keeps_the_conversation(browser, chat_model_dir, monkey
             page.wait_for_timeout(1500)
             assert user_texts(page) == []  # B cannot read what A stored: the user starts over
             return
-        page.wait_for_function("() => document.querySelectorAll('#chat-a [data-testid=\"user\"]').length == 2")
+        page.wait_for_function(
+            "() => document.querySelectorAll('#chat-a [data-testid=\"user\"]').length == 2", timeout=2 * TIMEOUT_MS
+        )
         assert (user_texts(page), bot_texts(page)) == seen_on_a
         send(page, "third message")
         wait_for_bot_count(page, 3)
@@ -82,7 +91,7 @@ def test_a_second_replica_keeps_the_conversation(browser, chat_model_dir, monkey
         # B answered with the whole conversation in its prompt, not just the last message.
         (entry,) = [e for log in service_b.sessions._sessions.values() for e in log.generations]
         assert entry["status"] == "done"
-        assert entry["prompt_tokens"] > max(prompt_tokens(service_a))
+        assert entry["prompt_tokens"] > max(tokens_on_a)
     finally:
         app_b.close()
         context.close()
