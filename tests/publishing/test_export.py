@@ -67,7 +67,9 @@ def test_the_adapter_exports_and_llamacpp_answers_like_transformers(smollm2_adap
     assert adapter.fields["adapter.type"].contents() == "lora"
     assert adapter.fields["adapter.lora.alpha"].contents() == 16.0
     names = {t.name for t in adapter.tensors}
-    assert len(names) == 30 * 7 * 2 and "blk.0.attn_q.weight.lora_a" in names and "blk.29.ffn_down.weight.lora_b" in names
+    assert (
+        len(names) == 30 * 7 * 2 and "blk.0.attn_q.weight.lora_a" in names and "blk.29.ffn_down.weight.lora_b" in names
+    )
 
     lines = result.modelfile.read_text().splitlines()
     assert lines[0] == f"FROM {result.base_gguf}" and lines[1] == "ADAPTER ./adapter.gguf"
