@@ -73,6 +73,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def medians(measured: list[dict], prompt_tokens: int) -> dict:
+    """The median run of a prompt: time to first token, decode speed, reply length."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "ttft_s": statistics.median(m["ttft_s"] for m in measured),
+        "decode_tokens_per_s": statistics.median(
+            m["decode_tokens_per_s"] for m in measured if m["decode_tokens_per_s"]
+        ),
+        "new_tokens": statistics.median(m["new_tokens"] for m in measured),
+        "runs": len(measured),
+    }
+
+
 def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict:
     from tasks.chat.generation import stream_reply
     from tasks.chat.prompts import build_prompt
@@ -98,15 +111,7 @@ def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict
                 "new_tokens": tokens,
             }
         )
-    return {
-        "prompt_tokens": prompt_tokens,
-        "ttft_s": statistics.median(m["ttft_s"] for m in measured),
-        "decode_tokens_per_s": statistics.median(
-            m["decode_tokens_per_s"] for m in measured if m["decode_tokens_per_s"]
-        ),
-        "new_tokens": statistics.median(m["new_tokens"] for m in measured),
-        "runs": runs,
-    }
+    return medians(measured, prompt_tokens)
 
 
 def time_llamacpp(base_url: str, alias: str, prompt: str, max_new_tokens: int, runs: int) -> dict:
@@ -134,15 +139,7 @@ def time_llamacpp(base_url: str, alias: str, prompt: str, max_new_tokens: int, r
                 "new_tokens": tokens,
             }
         )
-    return {
-        "prompt_tokens": prompt_tokens,
-        "ttft_s": statistics.median(m["ttft_s"] for m in measured),
-        "decode_tokens_per_s": statistics.median(
-            m["decode_tokens_per_s"] for m in measured if m["decode_tokens_per_s"]
-        ),
-        "new_tokens": statistics.median(m["new_tokens"] for m in measured),
-        "runs": runs,
-    }
+    return medians(measured, prompt_tokens)
 
 
 def concurrent_users(url: str, model: str, users: int, max_new_tokens: int) -> dict:
