@@ -2,8 +2,10 @@
 
     fetch the adapter → export (adapter.gguf, Modelfile, merged-*.gguf) → token agreement → MLflow run
 
-    python -m flows.export_gguf --set adapter=mlflow://smollm2-chatterbot-lora/1 [--set "export.merged=[q8_0]"]
-    prefect deployment run export-gguf/export-gguf --param adapter=mlflow://smollm2-chatterbot-lora/1
+    python -m flows.export_gguf --set adapter=URI [--set "export.merged=[q8_0]"] [--set out=FOLDER]
+    prefect deployment run export-gguf/export-gguf --param adapter=URI
+
+URI is any publish URI the training flows print (docs/serving.md has examples) or an adapter folder.
 
 The files land in MLflow (artifacts `gguf/` of a run in the `export-gguf` experiment) and, with
 `out`, in that folder: `ollama create NAME -f OUT/Modelfile` then serves it.
