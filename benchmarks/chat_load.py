@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "max_new_tokens": args.max_new_tokens,
         "threads": args.threads,
-        "llamacpp": {"parallel": args.llamacpp_parallel, "threads": args.llamacpp_threads},
+        "llamacpp_server": {"parallel": args.llamacpp_parallel, "threads": args.llamacpp_threads},
         "command": "python benchmarks/chat_load.py " + " ".join(argv or sys.argv[1:]),
     }
     try:
@@ -241,7 +241,8 @@ def markdown(r: dict) -> str:
             f"# Chat load test: {r['clients']} clients for {r['seconds']:.0f} s ({r['transformers']['model']})",
             "",
             f"Command: `{r['command']}`  ",
-            f"Torch threads {r['threads']}; llama.cpp {r['llamacpp']['threads']} threads, {r['llamacpp']['parallel']} slots; "
+            f"Torch threads {r['threads']}; llama.cpp {r['llamacpp_server']['threads']} threads, "
+            f"{r['llamacpp_server']['parallel']} slots; "
             f"{r['max_new_tokens']} new tokens a turn; shared machine (load average at the end of each path in the table)",
             "",
             "| path | app concurrency | clients | turns | errors | broken histories | turns per client (min-max) | "
