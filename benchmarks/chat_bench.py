@@ -1,6 +1,10 @@
-"""Chat app benchmark: the default model's speed on this CPU, and the app under 10 concurrent users.
+"""Chat app benchmark: in-process transformers vs llama.cpp's server, alone and under 10 concurrent users.
 
     python benchmarks/chat_bench.py [--config configs/chat.yaml] [--users 10] [--threads 1] [--data DIR]
+
+Both paths are measured in the same run, one after the other: the in-process path (the config's
+first model, transformers) and the llama.cpp path (the same model's GGUF in llama.cpp's server,
+`--llamacpp-parallel` slots, streamed over its OpenAI-compatible API by the app's openai backend).
 
 1. Generation alone (`tasks.chat.generation.stream_reply`, greedy, 64 new tokens, median of 3 runs) for a
    short and a long prompt: time to first token (prompt processing + first token) and decode
@@ -18,6 +22,7 @@ docs/data.md).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -68,6 +73,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def medians(measured: list[dict], prompt_tokens: int) -> dict:
+    """The median run of a prompt: time to first token, decode speed, reply length."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "ttft_s": statistics.median(m["ttft_s"] for m in measured),
+        "decode_tokens_per_s": statistics.median(
+            m["decode_tokens_per_s"] for m in measured if m["decode_tokens_per_s"]
+        ),
+        "new_tokens": statistics.median(m["new_tokens"] for m in measured),
+        "runs": len(measured),
+    }
+
+
 def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict:
     from tasks.chat.generation import stream_reply
     from tasks.chat.prompts import build_prompt
@@ -93,15 +111,35 @@ def time_generation(loaded, prompt: str, max_new_tokens: int, runs: int) -> dict
                 "new_tokens": tokens,
             }
         )
-    return {
-        "prompt_tokens": prompt_tokens,
-        "ttft_s": statistics.median(m["ttft_s"] for m in measured),
-        "decode_tokens_per_s": statistics.median(
-            m["decode_tokens_per_s"] for m in measured if m["decode_tokens_per_s"]
-        ),
-        "new_tokens": statistics.median(m["new_tokens"] for m in measured),
-        "runs": runs,
-    }
+    return medians(measured, prompt_tokens)
+
+
+def time_llamacpp(base_url: str, alias: str, prompt: str, max_new_tokens: int, runs: int) -> dict:
+    """The same measurement through the openai backend (HTTP streaming) against llama.cpp's server."""
+    from tasks.chat.backends import ChatModelOptions, make_chat_model
+
+    options = ChatModelOptions(
+        provider="openai", model=alias, base_url=base_url, temperature=0.0, max_new_tokens=max_new_tokens
+    )
+    model = make_chat_model(options)
+    measured, prompt_tokens = [], 0
+    for _ in range(runs):
+        started = time.perf_counter()
+        first, usage = None, None
+        for chunk in model.stream([("user", prompt)]):
+            if chunk.text:
+                first = first or time.perf_counter()
+            usage = chunk.usage_metadata or usage
+        ended = time.perf_counter()
+        tokens, prompt_tokens = usage["output_tokens"], usage["input_tokens"]
+        measured.append(
+            {
+                "ttft_s": first - started,
+                "decode_tokens_per_s": (tokens - 1) / (ended - first) if tokens > 1 and ended > first else None,
+                "new_tokens": tokens,
+            }
+        )
+    return medians(measured, prompt_tokens)
 
 
 def concurrent_users(url: str, model: str, users: int, max_new_tokens: int) -> dict:
@@ -166,13 +204,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--user-max-new-tokens", type=int, default=32)
+    parser.add_argument("--llamacpp-parallel", type=int, default=10, help="llama.cpp server slots")
+    parser.add_argument("--llamacpp-threads", type=int, default=2, help="llama.cpp CPU threads")
     bench_data.add_data_argument(parser)
     args = parser.parse_args(argv)
     alpaca = bench_data.data_file(bench_data.data_folder(args.data), "alpaca_5000.json")
 
     import torch
 
+    from tasks.chat.choices import Endpoint
     from tasks.chat.config import ChatAppConfig
+    from tasks.chat.llamacpp import LlamaCppOptions, start_llamacpp
     from tasks.chat.server import launch
     from tasks.chat.service import ChatService
     from tasks.chat.ui import build_app
@@ -196,53 +238,103 @@ def main(argv: list[str] | None = None) -> int:
         "context_length": loaded.context_length,
         "command": "python benchmarks/chat_bench.py " + " ".join(argv or sys.argv[1:]),
     }
+    long_text = long_prompt(loaded.tokenizer, alpaca)
     report["short_prompt"] = time_generation(loaded, SHORT_PROMPT, args.max_new_tokens, args.runs)
-    report["long_prompt"] = time_generation(
-        loaded, long_prompt(loaded.tokenizer, alpaca), args.max_new_tokens, args.runs
+    report["long_prompt"] = time_generation(loaded, long_text, args.max_new_tokens, args.runs)
+    # The llama.cpp path: the same GGUF, and enough context per slot for the long prompt.
+    llama_options = LlamaCppOptions(
+        enabled=True,
+        model=model,
+        parallel=args.llamacpp_parallel,
+        context=4096 * args.llamacpp_parallel,
+        threads=args.llamacpp_threads,
     )
-    app = build_app(config, service, [model])
-    url = launch(app, config)
+    llama = start_llamacpp(llama_options)
+    endpoint = Endpoint(llama.alias, llama.base_url).choice
+    report["llamacpp"] = {"parallel": args.llamacpp_parallel, "threads": args.llamacpp_threads}
+    report["llamacpp_short_prompt"] = time_llamacpp(
+        llama.base_url, llama.alias, SHORT_PROMPT, args.max_new_tokens, args.runs
+    )
+    report["llamacpp_long_prompt"] = time_llamacpp(
+        llama.base_url, llama.alias, long_text, args.max_new_tokens, args.runs
+    )
+    # Served from llama.cpp, the app lets as many replies run as the server has slots.
+    llama_server = dataclasses.replace(config.server, port=free_port(), concurrency_limit=args.llamacpp_parallel)
     try:
-        report["app"] = {
-            "concurrency_limit": config.server.concurrency_limit,
-            "max_queue": config.server.max_queue,
-            **concurrent_users(url, model, args.users, args.user_max_new_tokens),
-        }
+        for key, choice, app_config in (
+            ("app", model, config),
+            ("llamacpp_app", endpoint, dataclasses.replace(config, server=llama_server)),
+        ):
+            app = build_app(app_config, ChatService(app_config, service.pool), [choice])
+            url = launch(app, app_config)
+            try:
+                report[key] = {
+                    "concurrency_limit": app_config.server.concurrency_limit,
+                    "max_queue": app_config.server.max_queue,
+                    **concurrent_users(url, choice, args.users, args.user_max_new_tokens),
+                }
+            finally:
+                app.close()
     finally:
-        app.close()
+        llama.stop()
     report["load_average_after"] = os.getloadavg()
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "chat_bench.json").write_text(json.dumps(report, indent=2, default=float))
     (RESULTS / "chat_bench.md").write_text(markdown(report))
     print(markdown(report))
-    return 0 if report["app"]["ok"] == args.users else 1
+    return 0 if report["app"]["ok"] == report["llamacpp_app"]["ok"] == args.users else 1
+
+
+def _generation_rows(r: dict) -> list[str]:
+    rows = []
+    for path, prefix in (("transformers, in process", ""), ("llama.cpp server", "llamacpp_")):
+        for name in ("short", "long"):
+            m = r[f"{prefix}{name}_prompt"]
+            rows.append(
+                f"| {path} | {name} | {m['prompt_tokens']} | {m['ttft_s']:.2f} s | {m['decode_tokens_per_s']:.1f} | "
+                f"{m['new_tokens']} |"
+            )
+    return rows
+
+
+def _app_rows(r: dict) -> list[str]:
+    rows = []
+    for path, key in (("transformers, in process", "app"), ("llama.cpp server", "llamacpp_app")):
+        a = r[key]
+        rows.append(
+            f"| {path} | {a['users']} | {a['ok']} | {a['first_token_p50_s']:.2f} s | {a['first_token_p95_s']:.2f} s | "
+            f"{a['latency_p50_s']:.2f} s | {a['latency_p95_s']:.2f} s | {a['wall_s']:.1f} s |"
+        )
+        rows += [f"| errors: {a['errors']} |"] if a["errors"] else []
+    return rows
 
 
 def markdown(r: dict) -> str:
-    s, long, a = r["short_prompt"], r["long_prompt"], r["app"]
+    a, llama = r["app"], r["llamacpp"]
     return "\n".join(
         [
             f"# Chat benchmark: {r['model']}",
             "",
             f"Command: `{r['command']}`  ",
-            f"CPU: {r['cpus']} cores ({r['cpu']}), torch threads {r['threads']}, load average before "
+            f"CPU: {r['cpus']} cores ({r['cpu']}), torch threads {r['threads']}, llama.cpp threads "
+            f"{llama['threads']} and {llama['parallel']} slots; load average before "
             f"{r['load_average_before'][0]:.1f} / after {r['load_average_after'][0]:.1f} (shared machine)  ",
-            f"Model load: {r['model_load_s']:.1f} s; context {r['context_length']} tokens",
+            f"Model load (transformers): {r['model_load_s']:.1f} s; context {r['context_length']} tokens",
             "",
-            "| prompt | prompt tokens | time to first token | decode tokens/s | new tokens |",
-            "| --- | --- | --- | --- | --- |",
-            f"| short | {s['prompt_tokens']} | {s['ttft_s']:.2f} s | {s['decode_tokens_per_s']:.1f} | {s['new_tokens']} |",
-            f"| long | {long['prompt_tokens']} | {long['ttft_s']:.2f} s | {long['decode_tokens_per_s']:.1f} | {long['new_tokens']} |",
+            "One user, greedy:",
+            "",
+            "| path | prompt | prompt tokens | time to first token | decode tokens/s | new tokens |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *_generation_rows(r),
             "",
             f"App on 127.0.0.1, {a['users']} concurrent users, one message each ({a['max_new_tokens']} new tokens, greedy); "
-            f"concurrency limit {a['concurrency_limit']}, queue bounded at {a['max_queue']}:",
+            f"app concurrency limit {a['concurrency_limit']} (llama.cpp path: {r['llamacpp_app']['concurrency_limit']}), "
+            f"queue bounded at {a['max_queue']}:",
             "",
-            "| users | answered | first token p50 | first token p95 | reply p50 | reply p95 | wall |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            f"| {a['users']} | {a['ok']} | {a['first_token_p50_s']:.2f} s | {a['first_token_p95_s']:.2f} s | "
-            f"{a['latency_p50_s']:.2f} s | {a['latency_p95_s']:.2f} s | {a['wall_s']:.1f} s |",
-            *(["", f"Errors: {a['errors']}"] if a["errors"] else []),
+            "| path | users | answered | first token p50 | first token p95 | reply p50 | reply p95 | wall |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            *_app_rows(r),
             "",
         ]
     )

@@ -1,6 +1,6 @@
 """`chat-app`: serve the Gradio chatbot over the base model, published adapters and the documents.
 
-    list_model_choices → preload_model → launch_app → serve until the run is cancelled
+    [start_llamacpp] → list_model_choices → preload_model → launch_app → serve until the run is cancelled
 
     python -m flows.chat_app [--set server.port=7861] [--set documents=configs/rag.yaml]
     prefect deployment run chat-app/chat-app          (with the local stack up; cancel the flow run to stop)
@@ -16,8 +16,9 @@ import sys
 from prefect import flow, get_run_logger
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from tasks.chat.choices import model_choices
+from tasks.chat.choices import Endpoint, model_choices
 from tasks.chat.config import ChatAppConfig
+from tasks.chat.llamacpp import start_llamacpp
 from tasks.chat.model_pool import ModelPool, ModelPreload, preload
 from tasks.chat.report import ChatAppRun, serving_line, stopped_line, summary_markdown
 from tasks.chat.server import launch, serve_until_stopped
@@ -33,6 +34,7 @@ DEFAULT_CONFIG = "configs/chat.yaml"
 
 list_model_choices = step(model_choices, name="list_model_choices", io_retries=1)
 launch_app = step(launch, name="launch_app")
+start_llamacpp_server = step(start_llamacpp, name="start_llamacpp")
 
 
 @step
@@ -52,9 +54,13 @@ def chat_app(
     cfg = load_config(ChatAppConfig, config, overrides)
     run = ChatAppRun(flow=FLOW, config=config, overrides=overrides or [], server=cfg.server)
     try:
+        if cfg.llamacpp.enabled:
+            llamacpp = start_llamacpp_server(cfg.llamacpp)  # serves until this process ends
+            run.llamacpp = llamacpp.base_url
+            cfg.endpoints.insert(0, Endpoint(llamacpp.alias, llamacpp.base_url).choice)
         service = ChatService(cfg)
         run.choices = list_model_choices(cfg)
-        if cfg.preload:
+        if cfg.preload and not cfg.endpoints:  # with a server as the default, models load on first use
             run.preload = preload_model(service.pool, cfg.models[0])
         app = build_app(cfg, service, run.choices)
         run.url = launch_app(app, cfg)

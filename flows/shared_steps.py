@@ -1,7 +1,7 @@
 """The end both training flows share: save the adapter, publish it, reload it from there, verify it,
 and let it challenge the registry's champion.
 
-    save adapter + model card → push_to_hub → reload_and_verify → challenge_champion
+    save adapter + model card → push_to_hub → [export_gguf] → reload_and_verify → challenge_champion
 
 One copy of these steps serves `lora-finetune` and `dpo-finetune`, so an adapter is published and
 verified the same way whichever flow trained it.
@@ -27,6 +27,9 @@ def push_to_hub(
     return publishing.publish_adapter(
         adapter_dir, options.uri, card, private=options.private, token=token, mlflow_run_id=run_id
     )
+
+
+export_gguf = step(publishing.export_to_run, name="export_gguf")
 
 
 @step(io_retries=2)
@@ -82,6 +85,8 @@ def publish_and_verify(
         tracking.set_tags({"publish.uri": published.uri})
         if not publishing.publish_logs_adapter(cfg.publish.uri):  # else it would be logged twice
             tracking.log_artifacts(adapter_dir, "adapter")
+        if cfg.publish.export.gguf:  # a failed export is recorded in the run; the publish stands
+            export_gguf(adapter_dir, cfg.publish.export)
     if not cfg.publish.verify:
         return published, None
     verification = reload_and_verify(

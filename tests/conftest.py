@@ -19,7 +19,13 @@ import tasks  # noqa: F401  (switches telemetry off before the libraries load)
 # exception being handled at the time) for every later record. In tests that is noise only.
 logging.raiseExceptions = False
 
-pytest_plugins = ["tests.fixtures.chat", "tests.fixtures.ollama", "tests.fixtures.processes", "tests.fixtures.services"]
+pytest_plugins = [
+    "tests.fixtures.chat",
+    "tests.fixtures.llamacpp",
+    "tests.fixtures.ollama",
+    "tests.fixtures.processes",
+    "tests.fixtures.services",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

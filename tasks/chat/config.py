@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.chat.llamacpp import LlamaCppOptions
 from tasks.chat.sampling import SamplingSettings
 from tasks.core.config import option, require
 from tasks.core.defaults import SMOLLM2_PYPI
@@ -24,6 +25,11 @@ class ServerOptions:
         help="environment variable holding the login user name (login is on when it and the password are set)",
     )
     password_env: str = option("FTLLM_CHAT_PASSWORD", help="environment variable holding the login password")
+    state_secret_env: str = option(
+        "FTLLM_CHAT_STATE_SECRET",
+        help="environment variable holding the key the browser's stored conversation is encrypted with; "
+        "replicas behind one address must share it (unset: a key per app process, so only that process reads it)",
+    )
     auth_secret: str | None = option(
         None, help='Prefect Secret block holding {"username": ..., "password": ...}; used instead of the environment'
     )
@@ -48,6 +54,15 @@ class ChatAppConfig:
         "the default): model names (Hub id, folder, pypi:PACKAGE/FILE.gguf) or "
         f"adapter publish URIs ({ADAPTER_SCHEMES})",
     )
+    endpoints: list[str] = option(
+        [],
+        help="OpenAI-compatible servers offered in the model picker, each MODEL@URL "
+        "(e.g. smollm2@http://127.0.0.1:8080/v1: llama.cpp, vLLM, Ollama /v1)",
+    )
+    endpoint_key_secret: str | None = option(
+        None, help="Prefect Secret block holding the API key sent to every endpoint; none: no key"
+    )
+    llamacpp: LlamaCppOptions = field(default_factory=LlamaCppOptions)
     list_registry: bool = option(
         True,
         help="also offer every adapter version in the MLflow Model Registry, refreshed on each page load",
@@ -81,6 +96,13 @@ class ChatAppConfig:
             "models",
             "must list at least one model choice, none empty",
         )
+        for index, endpoint in enumerate(self.endpoints):
+            model, at, url = endpoint.partition("@")
+            require(
+                bool(model.strip()) and bool(at) and url.startswith(("http://", "https://")),
+                f"endpoints[{index}]",
+                f"expected MODEL@URL (e.g. smollm2@http://127.0.0.1:8080/v1), got {endpoint!r}",
+            )
         require(self.registry_versions >= 1, "registry_versions", f"must be at least 1, got {self.registry_versions}")
         require(self.max_loaded_models >= 1, "max_loaded_models", f"must be at least 1, got {self.max_loaded_models}")
         require(

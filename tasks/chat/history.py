@@ -50,3 +50,20 @@ def format_sources(sources: list[dict]) -> str:
         score = source.get("score")
         lines.append(f"- {where}" + (f" (score {score:.2f})" if isinstance(score, (int, float)) else ""))
     return "\n".join(lines) or "- (no sources)"
+
+
+# The conversation as the browser keeps it (gr.BrowserState, in localStorage): any replica of the
+# app that shares `server.state_secret_env` reads it back after a reload or a switch of replica.
+STORED_KEY = "ftllm-chat"
+
+
+def stored(history: list[dict] | None) -> dict:
+    """What the browser stores for a conversation."""
+    return {"version": 1, "chat": list(history or [])}
+
+
+def restored(value: dict | None) -> list[dict]:
+    """The conversation a browser stored; nothing for an empty, foreign or unreadable value."""
+    if not isinstance(value, dict) or value.get("version") != 1 or not isinstance(value.get("chat"), list):
+        return []
+    return [m for m in value["chat"] if isinstance(m, dict) and m.get("role") in ("user", "assistant")]

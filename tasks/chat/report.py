@@ -21,6 +21,7 @@ class ChatAppRun:
     choices: list[str] | None = None
     preload: ModelPreload | None = None
     url: str | None = None
+    llamacpp: str | None = None  # the API root of the llama.cpp server the run started
     error: str | None = None  # why the run failed before serving
 
 
@@ -38,6 +39,8 @@ def summary_markdown(run: ChatAppRun) -> str:
         "## Model choices",
         table(["choice"], [[c] for c in run.choices or []]),
     ]
+    if run.llamacpp:
+        lines += ["## llama.cpp server", f"OpenAI-compatible API at {run.llamacpp}"]
     if run.preload:
         lines += ["## Default model", table(["model", "status"], [[run.preload.model, _preload_status(run.preload)]])]
     server = run.server

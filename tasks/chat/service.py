@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from tasks.chat.choices import DOCUMENTS
+from tasks.chat.choices import DOCUMENTS, Endpoint, endpoint_of
 from tasks.chat.config import ChatAppConfig
 from tasks.chat.generation import GenerationError, stream_reply
 from tasks.chat.history import ERROR_TITLE, NOTICE_TITLE, SOURCES_TITLE, box, format_sources, model_messages
@@ -65,6 +65,10 @@ class ChatService:
         yield history, ""
         if choice == DOCUMENTS:
             yield from self._documents_reply(message, history, session)
+            return
+        endpoint = endpoint_of(choice)
+        if endpoint:
+            yield from self._endpoint_reply(endpoint, history, system_prompt, settings, session)
             return
         entry: dict[str, Any] = {"model": choice, "settings": dataclasses.asdict(settings), "status": "loading"}
         started = time.monotonic()  # the turn's time includes loading the model
@@ -135,6 +139,66 @@ class ChatService:
                 )
                 self.sessions.record(session, entry)
         yield history, notice
+
+    def _endpoint_reply(
+        self,
+        endpoint: Endpoint,
+        history: list[dict],
+        system_prompt: str,
+        settings: SamplingSettings,
+        session: str,
+    ) -> Iterator[Update]:
+        """Stream the reply from an OpenAI-compatible server; a down server is named, the app keeps serving."""
+        from openai import APIError
+
+        from tasks.chat.backends import ChatModelOptions, make_chat_model
+
+        entry: dict[str, Any] = {"model": endpoint.choice, "settings": dataclasses.asdict(settings)}
+        started, first_token_at = time.monotonic(), None
+        options = ChatModelOptions(
+            provider="openai",
+            model=endpoint.model,
+            base_url=endpoint.base_url,
+            api_key_secret=self.config.endpoint_key_secret,
+            temperature=settings.temperature,
+            max_new_tokens=settings.max_new_tokens,
+        )
+        messages = [(m["role"], m["content"]) for m in model_messages(history, system_prompt)]
+        reply = {"role": "assistant", "content": ""}
+        with self.sessions.generation(session) as stop:
+            # top_k is no OpenAI field; llama.cpp and vLLM read it from the body all the same.
+            stream = make_chat_model(options).stream(
+                messages, top_p=settings.top_p, extra_body={"top_k": settings.top_k}
+            )
+            try:
+                for chunk in stream:
+                    if stop.is_set():
+                        break
+                    if chunk.text:
+                        first_token_at = first_token_at or time.monotonic()
+                        reply["content"] += chunk.text
+                        yield [*history, reply], ""
+                entry["status"] = "stopped" if stop.is_set() else "done"
+            except (APIError, OSError) as error:
+                entry["status"] = "unreachable" if not first_token_at else "error"
+                text = (
+                    f"The server at {endpoint.base_url} (model {endpoint.model}) failed: {type(error).__name__}: "
+                    f"{error}. Pick another model; the others still work."
+                )
+                yield [*history, *([reply] if reply["content"] else []), box(ERROR_TITLE, text)], f"⚠️ {text}"
+                return
+            except GeneratorExit:  # Gradio closed us: the user pressed Stop or went away
+                entry["status"] = "stopped"
+                raise
+            finally:
+                stream.close()  # closes the HTTP response: the server ends the request and frees its slot
+                entry.update(
+                    reply_chars=len(reply["content"]),
+                    time_to_first_token_s=round(first_token_at - started, 3) if first_token_at else None,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+                self.sessions.record(session, entry)
+        yield [*history, reply], ""
 
     def _documents_reply(self, question: str, history: list[dict], session: str) -> Iterator[Update]:
         from tasks.rag import answer_question

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections.abc import Callable, Iterator
 
 import gradio as gr
 
 from tasks.chat.choices import DOCUMENTS, labelled_choices, model_choices
 from tasks.chat.config import ChatAppConfig
+from tasks.chat.history import STORED_KEY, restored, stored
 from tasks.chat.sampling import SETTINGS, SamplingSettings
 from tasks.chat.service import ChatService
 from tasks.publishing import ADAPTER_SCHEMES
@@ -73,7 +75,7 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
     service = service or ChatService(config)
     choices = choices if choices is not None else model_choices(config)
     labelled = labelled_choices(choices)
-    default = config.models[0]
+    default = choices[0] if choices else config.models[0]
     compare_default = next((c for c in choices if c != default and c != DOCUMENTS), default)
 
     with gr.Blocks(title=config.title, fill_height=False) as app:
@@ -130,6 +132,11 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
                 "[]", show_label=False, lines=6, max_lines=24, interactive=False, elem_id="generation-log"
             )
         gr.Markdown(f"{config.disclaimer}\n\n[Privacy policy]({config.privacy_policy_url})", elem_id="disclaimer")
+
+        # The conversation in the browser's storage: a reload, or another replica, picks it up.
+        saved = gr.BrowserState(
+            stored([]), storage_key=STORED_KEY, secret=os.environ.get(config.server.state_secret_env) or None
+        )
 
         # The submitted message, kept after the textbox is cleared; a component (not gr.State) so
         # that it is the first parameter of the /chat API.
@@ -197,13 +204,16 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
         )
         for answer in (answer_a, answer_b):  # whichever panel finishes last shows the complete log
             answer.then(show_log, None, generation_log, api_visibility="private", concurrency_limit=None)
+        # Saved also after a stopped reply: the browser keeps what the user saw.
+        answer_a.then(stored, chat_a, saved, api_visibility="private", concurrency_limit=None)
+        stop.click(stored, chat_a, saved, api_visibility="private", concurrency_limit=None)
         stop.click(
             stop_replies, None, generation_log, cancels=[answer_a, answer_b], api_name="stop", concurrency_limit=None
         )
         clear.click(
-            lambda: ([], [], "", ""),
+            lambda: ([], [], "", "", stored([])),
             None,
-            [chat_a, chat_b, notice_a, notice_b],
+            [chat_a, chat_b, notice_a, notice_b, saved],
             api_visibility="private",
             concurrency_limit=None,
         )
@@ -214,6 +224,7 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
             api_visibility="private",
             concurrency_limit=None,
         )
+        app.load(restored, saved, chat_a, api_visibility="private", concurrency_limit=None)
         if config.list_registry:
             app.load(refresh_choices, None, [model_a, model_b], api_visibility="private", concurrency_limit=None)
 

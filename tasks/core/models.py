@@ -88,6 +88,16 @@ def _pypi_file(name: str) -> tuple[str, Path]:
     return spec, path
 
 
+def gguf_file(name: str, key: str = "model.name") -> Path:
+    """The GGUF file a name stands for: `pypi:PACKAGE/FILE.gguf` or a path to a .gguf file."""
+    if is_pypi_model(name):
+        return _pypi_file(name)[1]
+    path = Path(name).expanduser()
+    if not path.is_file() or path.suffix != ".gguf":
+        raise ConfigError(f"{key}: {name!r} is neither pypi:PACKAGE/FILE.gguf nor a .gguf file")
+    return path.resolve()
+
+
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)

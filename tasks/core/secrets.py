@@ -30,17 +30,26 @@ def hf_token(secret_block: str | None = None) -> str | None:
         return token
     if not secret_block:
         return None
+    return secret_string(secret_block, "publish.token_secret", hint="or set HF_TOKEN")
+
+
+def secret_string(secret_block: str, key: str, hint: str = "") -> str:
+    """The string in the Prefect Secret block `secret_block`, redacted from every log from now on.
+
+    `key` is the config option that named the block: errors name it and the block, never a value.
+    """
     from prefect.blocks.system import Secret
 
     try:
         value = Secret.load(secret_block).get()
     except ValueError as error:  # Prefect: "Unable to find block document named ..."
         raise SecretError(
-            f"publish.token_secret: no Prefect Secret block named {secret_block!r} "
-            f"(create it with: prefect block create secret, or set HF_TOKEN) ({error})"
+            f"{key}: no Prefect Secret block named {secret_block!r} "
+            f"(create it with: prefect block create secret{', ' + hint if hint else ''}) ({error})"
         ) from None
     if not isinstance(value, str) or not value.strip():
-        raise SecretError(f"publish.token_secret: the Prefect Secret block {secret_block!r} holds no token string")
+        raise SecretError(f"{key}: the Prefect Secret block {secret_block!r} holds no token string")
+    install_redaction(value.strip())
     return value.strip()
 
 

@@ -17,6 +17,7 @@ from tasks.publishing.champion import (
     promote_if_better,
 )
 from tasks.publishing.errors import PublishError, VerificationError
+from tasks.publishing.export import ExportOptions, GgufExport, UnsupportedExport, export_gguf, export_to_run
 from tasks.publishing.fetch import fetch_adapter, fetched_adapter
 from tasks.publishing.publish import publish_adapter
 from tasks.publishing.staging import save_adapter
@@ -39,15 +40,20 @@ __all__ = [
     "FETCH_FORMS",
     "PROMOTE_MODES",
     "ChampionInfo",
+    "ExportOptions",
+    "GgufExport",
     "NotComparable",
     "Promote",
     "PromotionDecision",
     "PublishError",
     "Published",
     "Score",
+    "UnsupportedExport",
     "Verification",
     "VerificationError",
     "current_champion",
+    "export_gguf",
+    "export_to_run",
     "fetch_adapter",
     "fetched_adapter",
     "has_aliases",

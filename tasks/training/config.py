@@ -14,7 +14,7 @@ from typing import Literal
 
 from tasks.core.config import option, require
 from tasks.core.defaults import SMOLLM2_PYPI
-from tasks.publishing import ACCEPTED_FORMS, ADAPTER_SCHEMES, Promote
+from tasks.publishing import ACCEPTED_FORMS, ADAPTER_SCHEMES, ExportOptions, Promote
 
 
 @dataclass
@@ -237,6 +237,8 @@ class PublishOptions:
         help="max abs logit difference accepted by verification; default per training precision: "
         "1e-4 in fp32, 0.0625 in fp16, 0.5 in bf16 (two rounding steps of a logit of 32 to 64)",
     )
+    # GGUF / Ollama export of the published adapter (publish.export.gguf=true), logged as run artifacts.
+    export: ExportOptions = field(default_factory=ExportOptions)
 
     def __post_init__(self) -> None:
         require(

@@ -36,18 +36,21 @@ def test_options_are_checked_with_the_key_named():
 
 
 def test_the_registry_is_the_one_list_of_providers():
-    assert list(BACKENDS) == ["local", "ollama"]
+    assert list(BACKENDS) == ["local", "ollama", "openai"]
     described = {key: (kind, text) for key, kind, text in describe_options(ChatModelOptions)}
     assert described["provider"] == (
-        "'local' | 'ollama'",
-        "where answers are generated: local (transformers, in this process) or ollama (a server)",
+        "'local' | 'ollama' | 'openai'",
+        "where answers are generated: local (transformers, in this process) or ollama (a server) "
+        "or openai (an OpenAI-compatible server: llama.cpp, vLLM, Ollama /v1)",
     )
     assert described["model"][1] == (
-        "local: a model name (Hub id, folder, pypi:PACKAGE/FILE.gguf); ollama: a model the server has pulled, e.g. llama3.1"
+        "local: a model name (Hub id, folder, pypi:PACKAGE/FILE.gguf); ollama: a model the server has pulled, "
+        "e.g. llama3.1; openai: the server's model name (llama.cpp: its alias; vLLM: a served model or LoRA name)"
     )
     assert [name for name, backend in BACKENDS.items() if backend.loads_adapters] == ["local"]
-    for provider in BACKENDS:
-        assert load_config(ChatModelOptions, None, [f"provider={provider}"]).provider == provider
+    for provider, backend in BACKENDS.items():
+        url = ["base_url=http://127.0.0.1:8080/v1"] if backend.needs_base_url else []
+        assert load_config(ChatModelOptions, None, [f"provider={provider}", *url]).provider == provider
 
 
 def test_options_share_the_sampling_bounds():

@@ -45,6 +45,7 @@ def test_every_flow_deploys_and_both_training_flows_run_to_completed(local_stack
         "rag-query/rag-query",
         "rag-eval/rag-eval",
         "chat-app/chat-app",
+        "export-gguf/export-gguf",
     ):
         assert name in listed, f"{name} missing from:\n{listed}\n{out}"
     schedule = run([PREFECT, "deployment", "inspect", "pdf-index/nightly-reindex"], env)

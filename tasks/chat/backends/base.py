@@ -18,3 +18,4 @@ class ChatBackend:
     where: str  # where answers are generated, for the help of `llm.provider`
     model_help: str  # what `llm.model` names with this backend
     loads_adapters: bool = False  # whether `llm.adapter` (a LoRA adapter's publish URI) is taken
+    needs_base_url: bool = False  # whether `llm.base_url` must name the server (no default to fall back on)
