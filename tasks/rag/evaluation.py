@@ -1,7 +1,10 @@
-"""Retrieval quality on a question file (rag-eval): hit@k, MRR@k, the mean length of the chunks.
+"""Retrieval quality on a question file (rag-eval): hit@k, MRR@k, page hit@k, the mean length of the chunks.
 
-A question file has one JSON object a line: {"id", "question", "answers": [short strings], "page"}.
-A hit is a retrieved chunk that contains one of the answers (ignoring case and line breaks).
+A question file has one JSON object a line: {"id", "question", "answers": [short strings], "page",
+"passage"}; "page" and "passage" (the text that answers the question, copied from the document)
+are optional. A hit is a retrieved chunk that contains one of the answers (ignoring case and line
+breaks). A question that copies 4 or more consecutive words from its passage breaks the paraphrase
+rule (tasks/rag/paraphrase.py): it is still scored, and reported.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tasks.rag import paraphrase
 from tasks.rag.config import RagConfig
 from tasks.rag.retrieval import retrieve
 
@@ -23,6 +27,7 @@ class Question:
     question: str
     answers: list[str]
     page: int | None = None
+    passage: str | None = None  # the document's text that answers it: what the paraphrase rule checks
 
 
 @dataclass
@@ -36,8 +41,9 @@ class RagEvalResult:
     page_hit_at_k: float | None  # None when no question names its page
     mean_chunk_chars: float
     mean_latency_s: float
-    per_question: list[dict[str, Any]]  # {"id", "question", "rank", "page", "retrieved_pages"}
+    per_question: list[dict[str, Any]]  # {"id", "question", "rank", "page", "page_rank", "retrieved_pages"}
     skipped: list[str] = field(default_factory=list)  # the question file's bad lines, with why
+    paraphrase_violations: list[str] = field(default_factory=list)  # questions copying 4+ words of their passage
     mlflow_run_id: str | None = None
 
     def metrics(self) -> dict[str, float]:
@@ -83,13 +89,26 @@ def load_questions(path: str) -> tuple[list[Question], list[str]]:
         if page is not None and (not isinstance(page, int) or isinstance(page, bool) or page < 1):
             errors.append(f"{where}: 'page' must be a positive integer")
             continue
-        questions.append(Question(str(row.get("id", f"line-{number}")), question.strip(), answers, page))
+        passage = row.get("passage")
+        if passage is not None and (not isinstance(passage, str) or not passage.strip()):
+            errors.append(f"{where}: 'passage' must be a non-empty string")
+            continue
+        questions.append(Question(str(row.get("id", f"line-{number}")), question.strip(), answers, page, passage))
     return questions, errors
 
 
 def normalize(text: str) -> str:
     """Matching ignores case, line breaks and Unicode presentation forms (ligatures)."""
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def paraphrase_violations(questions: list[Question]) -> list[str]:
+    """One message per question that copies 4 or more consecutive words from its passage."""
+    found = []
+    for question in questions:
+        if question.passage:
+            found += paraphrase.violations(question.id, question.question, question.passage)
+    return found
 
 
 def first_hit(sources: list[dict[str, Any]], answers: list[str]) -> int | None:
@@ -119,6 +138,7 @@ def evaluate_retrieval(questions: list[Question], config: RagConfig, k: int | No
                 "question": question.question,
                 "rank": rank,
                 "page": question.page,
+                "page_rank": next((i for i, s in enumerate(sources, 1) if s["page"] == question.page), None),
                 "retrieved_pages": [s["page"] for s in sources],
             }
         )
@@ -136,4 +156,5 @@ def evaluate_retrieval(questions: list[Question], config: RagConfig, k: int | No
         "mean_chunk_chars": sum(chunk_chars) / len(chunk_chars) if chunk_chars else 0.0,
         "mean_latency_s": sum(latencies) / len(latencies) if latencies else 0.0,
         "per_question": rows,
+        "paraphrase_violations": paraphrase_violations(questions),
     }

@@ -64,23 +64,32 @@ def print_answer(result: RagAnswer) -> None:
 
 
 def eval_markdown(qa: str, result: RagEvalResult) -> str:
-    rows = [[r["id"], r["question"], r["rank"] or "miss", r["page"], r["retrieved_pages"]] for r in result.per_question]
+    rows = [
+        [r["id"], r["question"], r["rank"] or "miss", r["page"], r["page_rank"] or "miss", r["retrieved_pages"]]
+        for r in result.per_question
+    ]
+    page_hit = "" if result.page_hit_at_k is None else f", page hit@{result.k} {result.page_hit_at_k:.3f}"
     head = (
-        f"# rag-eval: hit@{result.k} {result.hit_at_k:.3f}, MRR {result.mrr:.3f}\n\n"
+        f"# rag-eval: hit@{result.k} {result.hit_at_k:.3f}, MRR {result.mrr:.3f}{page_hit}\n\n"
         f"{result.questions} questions from `{qa}`; mean retrieved chunk {result.mean_chunk_chars:.0f} characters"
     )
     errors = "\n".join(f"- {e}" for e in result.skipped)
+    copied = "\n".join(f"- {v}" for v in result.paraphrase_violations)
     return "\n\n".join(
         [head]
         + ([f"## Skipped lines\n{errors}"] if errors else [])
-        + [table(["id", "question", "first hit", "page", "retrieved pages"], rows)]
+        + ([f"## Paraphrase rule broken (4+ words copied from the passage)\n{copied}"] if copied else [])
+        + [table(["id", "question", "first hit", "page", "first chunk on the page", "retrieved pages"], rows)]
     )
 
 
 def print_eval(result: RagEvalResult) -> None:
     for error in result.skipped:
         print(f"skipped {error}")
+    for violation in result.paraphrase_violations:
+        print(f"paraphrase rule: {violation}")
+    page_hit = "" if result.page_hit_at_k is None else f"  page hit@{result.k} {result.page_hit_at_k:.3f}"
     print(
-        f"hit@{result.k} {result.hit_at_k:.3f}  MRR {result.mrr:.3f}  "
+        f"hit@{result.k} {result.hit_at_k:.3f}  MRR {result.mrr:.3f}{page_hit}  "
         f"mean chunk {result.mean_chunk_chars:.0f} chars  ({result.questions} questions)"
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,33 @@ def test_rag_eval_needs_a_question_file(indexed, tmp_path, capsys):
 
     assert main(["--qa", str(tmp_path / "none.jsonl")] + [x for i in indexed for x in ("--set", i)]) == 1
     assert "question file not found" in capsys.readouterr().err
+
+
+def test_rag_eval_reports_page_hits_and_paraphrase_violations(indexed, tmp_path, capsys):
+    from flows.rag_eval import main
+
+    held_out = Path(__file__).resolve().parents[1] / "data" / "rag_eval" / "multicolumn.jsonl"
+    copied = {
+        "id": "copied",
+        "question": "What is the capital of Finland?",
+        "answers": ["Helsinki"],
+        "page": 3,
+        "passage": "Finland 5.5 338,424 Helsinki Finnish, Swedish, the capital of Finland",
+    }
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(held_out.read_text() + json.dumps(copied) + "\n")
+    args = ["--qa", str(qa), "--k", "5"] + [x for item in indexed for x in ("--set", item)]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["paraphrase_violations"] == [
+        "copied: copies 4 consecutive words from its passage: 'the capital of finland'"
+    ]
+    rows = {r["id"]: r for r in result["per_question"]}
+    assert len(rows) == 7 and all(r["page"] == 3 for r in rows.values())
+    for row in rows.values():  # the rank of the first chunk from the expected page, or None
+        pages = row["retrieved_pages"]
+        assert row["page_rank"] == (pages.index(3) + 1 if 3 in pages else None)
+    assert result["page_hit_at_k"] == sum(r["page_rank"] is not None for r in rows.values()) / 7
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "paraphrase rule: copied: copies 4 consecutive words" in printed and "page hit@5" in printed
