@@ -181,9 +181,30 @@ class RetrievalOptions:
     # non-English text that all-MiniLM-L6-v2 cannot; vectors add paraphrases.
     rrf_k: int = option(10, help="reciprocal rank fusion constant: score = sum of weight / (rrf_k + rank)")
     keyword_weight: float = option(2.0, help="weight of the BM25 ranking in the fusion (vector ranking: 1)")
+    rerank: str = option(
+        "none",
+        help="re-rank the fused candidates (tasks/rag/rerank.py): none; sentences (each candidate by its "
+        "best sentence, same embedding model); cross-encoder (a sentence-transformers CrossEncoder at "
+        "retrieval.rerank_model; falls back to the fused order, with a warning, when it cannot be loaded)",
+    )
+    rerank_model: str | None = option(None, help="cross-encoder: a model folder or Hub id")
+    rerank_candidates: int = option(20, help="fused candidates the re-ranker reorders")
+    rerank_weight: float = option(1.0, help="weight of the re-ranker's order, fused with the candidates' order (1)")
 
     def __post_init__(self) -> None:
+        from tasks.rag.rerank import RERANKERS
+
         require(self.k >= 1, "retrieval.k", f"must be at least 1, got {self.k}")
+        require(self.rerank in RERANKERS, "retrieval.rerank", f"unknown {self.rerank!r}; one of {', '.join(RERANKERS)}")
+        require(
+            self.rerank != "cross-encoder" or bool(self.rerank_model),
+            "retrieval.rerank_model",
+            "retrieval.rerank=cross-encoder needs a model folder or Hub id",
+        )
+        require(
+            self.rerank_candidates >= 1, "retrieval.rerank_candidates", f"must be >= 1, got {self.rerank_candidates}"
+        )
+        require(self.rerank_weight >= 0, "retrieval.rerank_weight", f"must be >= 0, got {self.rerank_weight}")
         require(self.fetch_k >= self.k, "retrieval.fetch_k", f"must be >= retrieval.k={self.k}, got {self.fetch_k}")
         require(self.rrf_k >= 0, "retrieval.rrf_k", f"must be >= 0, got {self.rrf_k}")
         require(self.keyword_weight >= 0, "retrieval.keyword_weight", f"must be >= 0, got {self.keyword_weight}")

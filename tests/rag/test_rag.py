@@ -195,3 +195,17 @@ def test_rag_eval_reports_page_hits_and_paraphrase_violations(indexed, tmp_path,
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "paraphrase rule: copied: copies 4 consecutive words" in printed and "page hit@5" in printed
+
+
+def test_retrieval_as_a_langchain_retriever_in_a_chain(indexed):
+    from langchain_core.runnables import RunnableLambda
+
+    config = config_for(indexed)
+    retriever = retrieval.RagRetriever(config=config, k=3)
+    question = "Which city is the seat of government of Finland?"
+    docs = retriever.invoke(question)
+    expected = retrieval.retrieve(question, config, 3)
+    assert [d.page_content for d in docs] == [s["text"] for s in expected]
+    assert docs[0].metadata == {k: v for k, v in expected[0].items() if k != "text"}
+    pages = (retriever | RunnableLambda(lambda found: [d.metadata["page"] for d in found])).invoke(question)
+    assert pages == [s["page"] for s in expected]
