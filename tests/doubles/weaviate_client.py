@@ -4,8 +4,9 @@ No Weaviate server can run on these machines, so this double speaks the client i
 langchain-weaviate uses (`collections.exists/create_from_dict/get`, `collection.config.get`,
 `collection.query.hybrid(query, vector, limit, alpha, return_metadata)`) and answers hybrid
 queries the way Weaviate's default relative-score fusion does: BM25 and vector scores each scaled
-to [0, 1] over the candidates, then `alpha * vector + (1 - alpha) * keyword`, alpha 0.7 unless
-given. Every hybrid call is recorded, so a test can see what the store asked for.
+to [0, 1] over the candidates, then `alpha * vector + (1 - alpha) * keyword`, with the server's
+default alpha 0.75 when the client sends none (as langchain-weaviate does). Every hybrid call is
+recorded, so a test can see what the store asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-WEAVIATE_DEFAULT_ALPHA = 0.7
+WEAVIATE_DEFAULT_ALPHA = 0.75  # the server's, used when a query names no alpha
 
 
 @dataclass

@@ -18,8 +18,8 @@ QUESTION = "capital of Finland"
 # A answers the question in other words; B repeats the question's words but is about something else.
 CHUNKS = {
     "a": ("Helsinki, on the Gulf, is where Finland's government sits: its capital.", [0.95, 0.31]),
-    "b": ("Capital of Finland? Capital letters in Finland's capital city names, capital of Finland.", [0.75, 0.66]),
-    "c": ("Finland has two official languages, Finnish and Swedish.", [0.8, 0.6]),
+    "b": ("Capital of Finland? Capital letters in Finland's capital city names, capital of Finland.", [0.85, 0.53]),
+    "c": ("Finland has two official languages, Finnish and Swedish.", [0.9, 0.44]),
     "d": ("Population figures of EU countries, in millions.", [0.3, 0.95]),
 }
 VECTORS = {text: vector for text, vector in CHUNKS.values()} | {QUESTION: [1.0, 0.0]}

@@ -72,8 +72,8 @@ def open_weaviate(options: StoreOptions, embeddings: Embeddings) -> OpenStore:
         embedding=embeddings,
         attributes=list(METADATA_FIELDS),
     )
-    # langchain-weaviate's similarity search is Weaviate's hybrid query (BM25 + vectors, alpha 0.7 by
-    # default); alpha 1 makes it vectors only, so the BM25 ranking retrieval fuses in counts once.
+    # langchain-weaviate's similarity search is Weaviate's hybrid query (BM25 + vectors, alpha 0.75 by
+    # the server's default); alpha 1 makes it vectors only, so the BM25 ranking retrieval fuses in counts once.
     return OpenStore(vectors, close=client.close, search_kwargs={"alpha": VECTOR_ONLY})  # writes go through
 
 
