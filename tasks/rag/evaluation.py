@@ -44,6 +44,7 @@ class RagEvalResult:
     per_question: list[dict[str, Any]]  # {"id", "question", "rank", "page", "page_rank", "retrieved_pages"}
     skipped: list[str] = field(default_factory=list)  # the question file's bad lines, with why
     paraphrase_violations: list[str] = field(default_factory=list)  # questions copying 4+ words of their passage
+    answer_mode: dict[str, Any] | None = None  # --answers: evaluate_answers' result
     mlflow_run_id: str | None = None
 
     def metrics(self) -> dict[str, float]:
@@ -51,12 +52,16 @@ class RagEvalResult:
         metrics = {name: getattr(self, name) for name in names}
         if self.page_hit_at_k is not None:
             metrics["page_hit_at_k"] = self.page_hit_at_k
+        for name in ("answer_accuracy", "citations_supported", "seconds_per_answer"):
+            if self.answer_mode is not None:
+                metrics[name] = self.answer_mode[name]
         return metrics
 
     def as_dict(self) -> dict[str, Any]:
         result = asdict(self)
-        if self.mlflow_run_id is None:
-            del result["mlflow_run_id"]
+        for optional in ("answer_mode", "mlflow_run_id"):
+            if result[optional] is None:
+                del result[optional]
         return result
 
 
@@ -157,4 +162,71 @@ def evaluate_retrieval(questions: list[Question], config: RagConfig, k: int | No
         "mean_latency_s": sum(latencies) / len(latencies) if latencies else 0.0,
         "per_question": rows,
         "paraphrase_violations": paraphrase_violations(questions),
+    }
+
+
+# --- answer mode: the full rag-query on every question ----------------------------------------
+
+
+def states_answer(answer: str, answers: list[str]) -> bool:
+    """The model's answer contains one of the expected answers (normalized as for retrieval hits)."""
+    text = normalize(answer)
+    return any(normalize(a) in text for a in answers)
+
+
+def cited_pages(answer: str) -> list[tuple[str, int]]:
+    """(file name, page) of every `[file p.N]` citation in an answer, in order, once each."""
+    from tasks.rag.answer import CITATION_PATTERN
+
+    found = [(m.group(1).strip(), int(m.group(2))) for m in CITATION_PATTERN.finditer(answer)]
+    return list(dict.fromkeys(found))
+
+
+def supporting(cited: list[tuple[str, int]], sources: list[dict[str, Any]], answers: list[str]) -> list[bool]:
+    """For each cited page: does a chunk the model was given from that page contain an expected answer?"""
+    from tasks.rag.pdfs import display_name
+
+    return [
+        any(
+            display_name(s["source"]) == name and s["page"] == page and states_answer(s["text"], answers)
+            for s in sources
+        )
+        for name, page in cited
+    ]
+
+
+def evaluate_answers(questions: list[Question], config: RagConfig, k: int | None = None) -> dict[str, Any]:
+    """Answer accuracy (the answer states an expected answer) and citation support (every cited page
+    holds it), per question and overall, plus the seconds per answer."""
+    from tasks.rag.answer import SOURCES_APPENDED, answer_question
+
+    rows, seconds = [], []
+    for question in questions:
+        started = time.perf_counter()
+        result = answer_question(question.question, config, k)
+        seconds.append(time.perf_counter() - started)
+        model_text, appended, pages_given = result["answer"].partition(SOURCES_APPENDED)
+        # The model's own citations must all hold the answer; when it cited none, rag-query listed the
+        # pages it was given, and one of them holding the answer is enough.
+        cited = cited_pages(model_text) or cited_pages(pages_given)
+        support = supporting(cited, result["sources"], question.answers)
+        model_cited = not appended
+        rows.append(
+            {
+                "id": question.id,
+                "question": question.question,
+                "answer": result["answer"],
+                "correct": states_answer(model_text, question.answers),
+                "cited": [f"{name} p.{page}" for name, page in cited],
+                "cited_support": support,
+                "model_cited": model_cited,
+                "citations_supported": bool(support) and (all(support) if model_cited else any(support)),
+            }
+        )
+    n = len(rows) or 1
+    return {
+        "answer_accuracy": sum(r["correct"] for r in rows) / n,
+        "citations_supported": sum(r["citations_supported"] for r in rows) / n,
+        "seconds_per_answer": sum(seconds) / len(seconds) if seconds else 0.0,
+        "answers": rows,
     }

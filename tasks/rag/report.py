@@ -80,7 +80,17 @@ def eval_markdown(qa: str, result: RagEvalResult) -> str:
         + ([f"## Skipped lines\n{errors}"] if errors else [])
         + ([f"## Paraphrase rule broken (4+ words copied from the passage)\n{copied}"] if copied else [])
         + [table(["id", "question", "first hit", "page", "first chunk on the page", "retrieved pages"], rows)]
+        + (answers_markdown(result.answer_mode) if result.answer_mode else [])
     )
+
+
+def answers_markdown(mode: dict) -> list[str]:
+    rows = [[r["id"], r["answer"], r["correct"], r["cited"], r["citations_supported"]] for r in mode["answers"]]
+    head = (
+        f"## Answers: accuracy {mode['answer_accuracy']:.3f}, citations supported {mode['citations_supported']:.3f}, "
+        f"{mode['seconds_per_answer']:.1f} s per answer"
+    )
+    return [head, table(["id", "answer", "states the answer", "cited pages", "cited pages hold it"], rows)]
 
 
 def print_eval(result: RagEvalResult) -> None:
@@ -93,3 +103,9 @@ def print_eval(result: RagEvalResult) -> None:
         f"hit@{result.k} {result.hit_at_k:.3f}  MRR {result.mrr:.3f}{page_hit}  "
         f"mean chunk {result.mean_chunk_chars:.0f} chars  ({result.questions} questions)"
     )
+    if result.answer_mode:
+        mode = result.answer_mode
+        print(
+            f"answers: accuracy {mode['answer_accuracy']:.3f}  citations supported {mode['citations_supported']:.3f}  "
+            f"{mode['seconds_per_answer']:.1f} s per answer"
+        )

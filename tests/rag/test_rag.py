@@ -209,3 +209,41 @@ def test_retrieval_as_a_langchain_retriever_in_a_chain(indexed):
     assert docs[0].metadata == {k: v for k, v in expected[0].items() if k != "text"}
     pages = (retriever | RunnableLambda(lambda found: [d.metadata["page"] for d in found])).invoke(question)
     assert pages == [s["page"] for s in expected]
+
+
+def test_answer_checks_normalize_and_hold_each_cited_page_to_the_answer():
+    from tasks.rag.evaluation import cited_pages, states_answer, supporting
+
+    sources = [
+        {"source": "/docs/multicolumn.pdf", "page": 3, "text": "Finland 5.5 338,424 Helsinki"},
+        {"source": "/docs/multicolumn.pdf", "page": 1, "text": "Lorem ipsum"},
+    ]
+    answer = "The capital is HELSINKI [multicolumn.pdf p.3], see also [multicolumn.pdf p.1] [multicolumn.pdf p.3]."
+    assert states_answer(answer, ["Helsinki"]) and not states_answer(answer, ["Vienna"])
+    assert cited_pages(answer) == [("multicolumn.pdf", 3), ("multicolumn.pdf", 1)]
+    assert supporting(cited_pages(answer), sources, ["helsinki"]) == [True, False]
+
+
+def test_rag_eval_answer_mode_through_ollama(indexed, ollama_server, tmp_path, capsys):
+    from flows.rag_eval import main
+    from tasks.rag.evaluation import states_answer
+
+    held_out = Path(__file__).resolve().parents[1] / "data" / "rag_eval" / "multicolumn.jsonl"
+    llm = ["llm.provider=ollama", f"llm.model={OllamaServer.CHAT_MODEL}", f"llm.base_url={ollama_server.url}"]
+    args = ["--qa", str(held_out), "--k", "3", "--answers", "--json"]
+    assert main(args + [x for item in indexed + llm + ["llm.max_new_tokens=32"] for x in ("--set", item)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    mode = result["answer_mode"]
+    questions = {json.loads(line)["id"]: json.loads(line) for line in held_out.read_text().splitlines()}
+    assert len(mode["answers"]) == len(questions) == 6
+    for row in mode["answers"]:
+        expected = questions[row["id"]]["answers"]
+        model_text = row["answer"].split("\n\nSources: ")[0]
+        assert row["correct"] == states_answer(model_text, expected)
+        assert row["cited"] and len(row["cited_support"]) == len(row["cited"])
+    assert mode["answer_accuracy"] == sum(r["correct"] for r in mode["answers"]) / 6
+    assert mode["citations_supported"] == sum(r["citations_supported"] for r in mode["answers"]) / 6
+    assert mode["seconds_per_answer"] > 0
+    import mlflow
+
+    assert mlflow.get_run(result["mlflow_run_id"]).data.metrics["answer_accuracy"] == mode["answer_accuracy"]
