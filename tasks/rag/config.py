@@ -13,12 +13,14 @@ from typing import Literal
 from tasks.chat import ChatModelOptions
 from tasks.core.config import option, require
 from tasks.rag.pdfs import FetchOptions, PdfError, display_name
+from tasks.rag.rerank import RERANKERS
 from tasks.rag.splitters import DEFAULT_SPLITTER, SPLITTERS
 from tasks.rag.stores import DEFAULT_KIND, STORES
 
-# The choices come from the registries, so a new store or splitter needs no change here.
+# The choices come from the registries, so a new store, splitter or re-ranker needs no change here.
 StoreKindName = Literal[tuple(STORES)]
 SplitterName = Literal[tuple(SPLITTERS)]
+RerankName = Literal[tuple(RERANKERS)]
 
 
 def _one_of(names) -> str:
@@ -181,25 +183,21 @@ class RetrievalOptions:
     # non-English text that all-MiniLM-L6-v2 cannot; vectors add paraphrases.
     rrf_k: int = option(10, help="reciprocal rank fusion constant: score = sum of weight / (rrf_k + rank)")
     keyword_weight: float = option(2.0, help="weight of the BM25 ranking in the fusion (vector ranking: 1)")
-    rerank: str = option(
+    rerank: RerankName = option(
         "none",
-        help="re-rank the fused candidates (tasks/rag/rerank.py): none; sentences (each candidate by its "
-        "best sentence, same embedding model); cross-encoder (a sentence-transformers CrossEncoder at "
-        "retrieval.rerank_model; falls back to the fused order, with a warning, when it cannot be loaded)",
+        help="re-rank the fused candidates: " + "; ".join(f"{name}: {r.help}" for name, r in RERANKERS.items()),
     )
-    rerank_model: str | None = option(None, help="cross-encoder: a model folder or Hub id")
+    rerank_model: str | None = option(None, help="the re-ranker's model: a folder or Hub id")
     rerank_candidates: int = option(20, help="fused candidates the re-ranker reorders")
     rerank_weight: float = option(1.0, help="weight of the re-ranker's order, fused with the candidates' order (1)")
 
     def __post_init__(self) -> None:
-        from tasks.rag.rerank import RERANKERS
-
         require(self.k >= 1, "retrieval.k", f"must be at least 1, got {self.k}")
         require(self.rerank in RERANKERS, "retrieval.rerank", f"unknown {self.rerank!r}; one of {', '.join(RERANKERS)}")
         require(
-            self.rerank != "cross-encoder" or bool(self.rerank_model),
+            not RERANKERS[self.rerank].needs_model or bool(self.rerank_model),
             "retrieval.rerank_model",
-            "retrieval.rerank=cross-encoder needs a model folder or Hub id",
+            f"retrieval.rerank={self.rerank} needs a model folder or Hub id",
         )
         require(
             self.rerank_candidates >= 1, "retrieval.rerank_candidates", f"must be >= 1, got {self.rerank_candidates}"

@@ -20,6 +20,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -34,7 +35,14 @@ log = logging.getLogger(__name__)
 SENTENCE_BREAK = re.compile(r"(?<=[.!?;:])\s+|\n+")
 MIN_SENTENCE_CHARS = 12  # shorter pieces (page numbers, lone symbols) say nothing on their own
 
-Reranker = Callable[[str, list["Document"], "RetrievalOptions", "Embeddings"], list["Document"] | None]
+RerankFn = Callable[[str, list["Document"], "RetrievalOptions", "Embeddings"], list["Document"] | None]
+
+
+@dataclass(frozen=True)
+class Reranker:
+    order: RerankFn | None  # the candidates re-ordered; None: keep the fused order
+    help: str  # what `retrieval.rerank=<name>` does, for --help-config
+    needs_model: bool = False  # reads `retrieval.rerank_model`
 
 
 def sentences(text: str) -> list[str]:
@@ -81,8 +89,13 @@ def by_cross_encoder(question: str, candidates: list[Document], options: Retriev
     return [candidates[i] for i in order]
 
 
-RERANKERS: dict[str, Reranker | None] = {
-    "none": None,
-    "sentences": by_best_sentence,
-    "cross-encoder": by_cross_encoder,
+RERANKERS: dict[str, Reranker] = {
+    "none": Reranker(None, "the fused order as it is"),
+    "sentences": Reranker(by_best_sentence, "each candidate by its best sentence (the index's embedding model)"),
+    "cross-encoder": Reranker(
+        by_cross_encoder,
+        "a sentence-transformers CrossEncoder at retrieval.rerank_model (the fused order, with a warning, "
+        "when it cannot be loaded)",
+        needs_model=True,
+    ),
 }

@@ -112,7 +112,7 @@ def retrieve(question: str, config: RagConfig, k: int | None = None) -> list[dic
 def reranked(question: str, ranked: list[tuple[Document, float | None]], config: RagConfig):
     """The first `retrieval.rerank_candidates` re-ordered by the re-ranker's order fused with theirs."""
     options = config.retrieval
-    rerank = RERANKERS[options.rerank]
+    rerank = RERANKERS[options.rerank].order
     head = [doc for doc, _ in ranked[: options.rerank_candidates]]
     order = rerank(question, head, options, make_embeddings(config.embeddings)) if rerank and head else None
     if order is None:  # no re-ranker, or it could not be loaded (it said why)
