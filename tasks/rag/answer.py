@@ -20,7 +20,8 @@ SYSTEM_PROMPT = (
     f"contain the answer, reply exactly: {NOT_IN_CONTEXT}"
 )
 
-CITATION_PATTERN = re.compile(r"\[[^\[\]\n]+? p\.\s?\d+\]")
+CITATION_PATTERN = re.compile(r"\[([^\[\]\n]+?) p\.\s?(\d+)\]")  # groups: file name, page
+SOURCES_APPENDED = "\n\nSources: "  # before the pages given, when the model cited none
 
 
 @dataclass
@@ -57,7 +58,7 @@ def with_citations(answer: str, sources: list[dict[str, Any]]) -> str:
     if not sources or CITATION_PATTERN.search(answer) or answer.startswith(NOT_IN_CONTEXT):
         return answer
     cited = list(dict.fromkeys(citation(s["source"], s["page"]) for s in sources))
-    return f"{answer}\n\nSources: {' '.join(cited)}"
+    return f"{answer}{SOURCES_APPENDED}{' '.join(cited)}"
 
 
 def generate_answer(question: str, sources: list[dict[str, Any]], config: RagConfig) -> str:

@@ -17,14 +17,16 @@ from tasks.core.config import option, require
 from tasks.rag.catalog import shown_url
 from tasks.rag.keywords import KEYWORD_INDEXES
 from tasks.rag.pdfs import FetchOptions, PdfError, display_name
+from tasks.rag.rerank import RERANKERS
 from tasks.rag.splitters import DEFAULT_SPLITTER, SPLITTERS
 from tasks.rag.stores import DEFAULT_KIND, STORES
 from tasks.rag.stores.base import is_server_uri
 
-# The choices come from the registries, so a new store or splitter needs no change here.
+# The choices come from the registries, so a new store, splitter or re-ranker needs no change here.
 StoreKindName = Literal[tuple(STORES)]
 SplitterName = Literal[tuple(SPLITTERS)]
 RECORD_DATABASES = (*KEYWORD_INDEXES, "postgres")  # URL schemes of the record store (postgres: postgresql)
+RerankName = Literal[tuple(RERANKERS)]
 
 
 def _one_of(names) -> str:
@@ -227,9 +229,26 @@ class RetrievalOptions:
     # non-English text that all-MiniLM-L6-v2 cannot; vectors add paraphrases.
     rrf_k: int = option(10, help="reciprocal rank fusion constant: score = sum of weight / (rrf_k + rank)")
     keyword_weight: float = option(2.0, help="weight of the BM25 ranking in the fusion (vector ranking: 1)")
+    rerank: RerankName = option(
+        "none",
+        help="re-rank the fused candidates: " + "; ".join(f"{name}: {r.help}" for name, r in RERANKERS.items()),
+    )
+    rerank_model: str | None = option(None, help="the re-ranker's model: a folder or Hub id")
+    rerank_candidates: int = option(20, help="fused candidates the re-ranker reorders")
+    rerank_weight: float = option(1.0, help="weight of the re-ranker's order, fused with the candidates' order (1)")
 
     def __post_init__(self) -> None:
         require(self.k >= 1, "retrieval.k", f"must be at least 1, got {self.k}")
+        require(self.rerank in RERANKERS, "retrieval.rerank", f"unknown {self.rerank!r}; one of {', '.join(RERANKERS)}")
+        require(
+            not RERANKERS[self.rerank].needs_model or bool(self.rerank_model),
+            "retrieval.rerank_model",
+            f"retrieval.rerank={self.rerank} needs a model folder or Hub id",
+        )
+        require(
+            self.rerank_candidates >= 1, "retrieval.rerank_candidates", f"must be >= 1, got {self.rerank_candidates}"
+        )
+        require(self.rerank_weight >= 0, "retrieval.rerank_weight", f"must be >= 0, got {self.rerank_weight}")
         require(self.fetch_k >= self.k, "retrieval.fetch_k", f"must be >= retrieval.k={self.k}, got {self.fetch_k}")
         require(self.rrf_k >= 0, "retrieval.rrf_k", f"must be >= 0, got {self.rrf_k}")
         require(self.keyword_weight >= 0, "retrieval.keyword_weight", f"must be >= 0, got {self.keyword_weight}")

@@ -64,23 +64,48 @@ def print_answer(result: RagAnswer) -> None:
 
 
 def eval_markdown(qa: str, result: RagEvalResult) -> str:
-    rows = [[r["id"], r["question"], r["rank"] or "miss", r["page"], r["retrieved_pages"]] for r in result.per_question]
+    rows = [
+        [r["id"], r["question"], r["rank"] or "miss", r["page"], r["page_rank"] or "miss", r["retrieved_pages"]]
+        for r in result.per_question
+    ]
+    page_hit = "" if result.page_hit_at_k is None else f", page hit@{result.k} {result.page_hit_at_k:.3f}"
     head = (
-        f"# rag-eval: hit@{result.k} {result.hit_at_k:.3f}, MRR {result.mrr:.3f}\n\n"
+        f"# rag-eval: hit@{result.k} {result.hit_at_k:.3f}, MRR {result.mrr:.3f}{page_hit}\n\n"
         f"{result.questions} questions from `{qa}`; mean retrieved chunk {result.mean_chunk_chars:.0f} characters"
     )
     errors = "\n".join(f"- {e}" for e in result.skipped)
+    copied = "\n".join(f"- {v}" for v in result.paraphrase_violations)
     return "\n\n".join(
         [head]
         + ([f"## Skipped lines\n{errors}"] if errors else [])
-        + [table(["id", "question", "first hit", "page", "retrieved pages"], rows)]
+        + ([f"## Paraphrase rule broken (4+ words copied from the passage)\n{copied}"] if copied else [])
+        + [table(["id", "question", "first hit", "page", "first chunk on the page", "retrieved pages"], rows)]
+        + (answers_markdown(result.answer_mode) if result.answer_mode else [])
     )
+
+
+def answers_markdown(mode: dict) -> list[str]:
+    rows = [[r["id"], r["answer"], r["correct"], r["cited"], r["citations_supported"]] for r in mode["answers"]]
+    head = (
+        f"## Answers: accuracy {mode['answer_accuracy']:.3f}, citations supported {mode['citations_supported']:.3f}, "
+        f"{mode['seconds_per_answer']:.1f} s per answer"
+    )
+    return [head, table(["id", "answer", "states the answer", "cited pages", "cited pages hold it"], rows)]
 
 
 def print_eval(result: RagEvalResult) -> None:
     for error in result.skipped:
         print(f"skipped {error}")
+    for violation in result.paraphrase_violations:
+        print(f"paraphrase rule: {violation}")
+    page_hit = "" if result.page_hit_at_k is None else f"  page hit@{result.k} {result.page_hit_at_k:.3f}"
     print(
-        f"hit@{result.k} {result.hit_at_k:.3f}  MRR {result.mrr:.3f}  "
+        f"hit@{result.k} {result.hit_at_k:.3f}  MRR {result.mrr:.3f}{page_hit}  "
         f"mean chunk {result.mean_chunk_chars:.0f} chars  ({result.questions} questions)"
     )
+    if result.answer_mode:
+        mode = result.answer_mode
+        print(
+            f"answers: accuracy {mode['answer_accuracy']:.3f}  citations supported {mode['citations_supported']:.3f}  "
+            f"{mode['seconds_per_answer']:.1f} s per answer"
+        )

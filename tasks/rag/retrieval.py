@@ -1,7 +1,8 @@
 """Retrieve the chunks that answer a question: BM25 keywords and vectors, fused by reciprocal rank.
 
 `retrieve(question, config, k)` returns the top-k chunks as plain dicts
-`{"source", "page", "chunk_id", "score", "text"}`, best first. It reads the index that the
+`{"source", "page", "chunk_id", "score", "text"}`, best first; `RagRetriever` is the same as a
+LangChain `BaseRetriever`. It reads the index that the
 `pdf-index` flow wrote (same `store` and `embeddings` options), opened once per process.
 """
 
@@ -12,11 +13,15 @@ import threading
 from dataclasses import asdict
 from typing import Any
 
+from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
+from langchain_core.retrievers import BaseRetriever
+from pydantic import ConfigDict
 
 from tasks.rag.catalog import Catalog
 from tasks.rag.config import RagConfig
 from tasks.rag.embeddings import make_embeddings
+from tasks.rag.rerank import RERANKERS
 from tasks.rag.stores import OpenStore, index_location, open_store, records_url
 
 
@@ -100,4 +105,37 @@ def retrieve(question: str, config: RagConfig, k: int | None = None) -> list[dic
         by_vector = [doc for doc, _ in store.search(question, fetch_k, options.search, fetch_k * 2)]
         by_keyword = [doc for doc, _ in catalog.keyword_search(question, fetch_k)]
         ranked = reciprocal_rank_fusion([(by_vector, 1.0), (by_keyword, options.keyword_weight)], options.rrf_k)
+    ranked = reranked(question, ranked, config)
     return [as_source(doc, score) for doc, score in ranked[:k]]
+
+
+def reranked(question: str, ranked: list[tuple[Document, float | None]], config: RagConfig):
+    """The first `retrieval.rerank_candidates` re-ordered by the re-ranker's order fused with theirs."""
+    options = config.retrieval
+    rerank = RERANKERS[options.rerank].order
+    head = [doc for doc, _ in ranked[: options.rerank_candidates]]
+    order = rerank(question, head, options, make_embeddings(config.embeddings)) if rerank and head else None
+    if order is None:  # no re-ranker, or it could not be loaded (it said why)
+        return ranked
+    fused = reciprocal_rank_fusion([(head, 1.0), (order, options.rerank_weight)], options.rrf_k)
+    return fused + ranked[options.rerank_candidates :]
+
+
+class RagRetriever(BaseRetriever):
+    """`retrieve` as a LangChain retriever, to plug into chains: `RagRetriever(config=cfg) | format_docs`.
+
+    Each Document carries the source dict's fields in its metadata (source, page, chunk_id, score).
+    The fusion stays `reciprocal_rank_fusion` rather than LangChain's `EnsembleRetriever` (the same
+    weighted formula): EnsembleRetriever drops the fused score that rag-query reports per source.
+    """
+
+    config: RagConfig
+    k: int | None = None  # default: config.retrieval.k
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
+        return [
+            Document(page_content=s["text"], metadata={key: value for key, value in s.items() if key != "text"})
+            for s in retrieve(query, self.config, self.k)
+        ]

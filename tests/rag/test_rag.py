@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -164,3 +165,85 @@ def test_rag_eval_needs_a_question_file(indexed, tmp_path, capsys):
 
     assert main(["--qa", str(tmp_path / "none.jsonl")] + [x for i in indexed for x in ("--set", i)]) == 1
     assert "question file not found" in capsys.readouterr().err
+
+
+def test_rag_eval_reports_page_hits_and_paraphrase_violations(indexed, tmp_path, capsys):
+    from flows.rag_eval import main
+
+    held_out = Path(__file__).resolve().parents[1] / "data" / "rag_eval" / "multicolumn.jsonl"
+    copied = {
+        "id": "copied",
+        "question": "What is the capital of Finland?",
+        "answers": ["Helsinki"],
+        "page": 3,
+        "passage": "Finland 5.5 338,424 Helsinki Finnish, Swedish, the capital of Finland",
+    }
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(held_out.read_text() + json.dumps(copied) + "\n")
+    args = ["--qa", str(qa), "--k", "5"] + [x for item in indexed for x in ("--set", item)]
+    assert main([*args, "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["paraphrase_violations"] == [
+        "copied: copies 4 consecutive words from its passage: 'the capital of finland'"
+    ]
+    rows = {r["id"]: r for r in result["per_question"]}
+    assert len(rows) == 7 and all(r["page"] == 3 for r in rows.values())
+    for row in rows.values():  # the rank of the first chunk from the expected page, or None
+        pages = row["retrieved_pages"]
+        assert row["page_rank"] == (pages.index(3) + 1 if 3 in pages else None)
+    assert result["page_hit_at_k"] == sum(r["page_rank"] is not None for r in rows.values()) / 7
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "paraphrase rule: copied: copies 4 consecutive words" in printed and "page hit@5" in printed
+
+
+def test_retrieval_as_a_langchain_retriever_in_a_chain(indexed):
+    from langchain_core.runnables import RunnableLambda
+
+    config = config_for(indexed)
+    retriever = retrieval.RagRetriever(config=config, k=3)
+    question = "Which city is the seat of government of Finland?"
+    docs = retriever.invoke(question)
+    expected = retrieval.retrieve(question, config, 3)
+    assert [d.page_content for d in docs] == [s["text"] for s in expected]
+    assert docs[0].metadata == {k: v for k, v in expected[0].items() if k != "text"}
+    pages = (retriever | RunnableLambda(lambda found: [d.metadata["page"] for d in found])).invoke(question)
+    assert pages == [s["page"] for s in expected]
+
+
+def test_answer_checks_normalize_and_hold_each_cited_page_to_the_answer():
+    from tasks.rag.evaluation import cited_pages, states_answer, supporting
+
+    sources = [
+        {"source": "/docs/multicolumn.pdf", "page": 3, "text": "Finland 5.5 338,424 Helsinki"},
+        {"source": "/docs/multicolumn.pdf", "page": 1, "text": "Lorem ipsum"},
+    ]
+    answer = "The capital is HELSINKI [multicolumn.pdf p.3], see also [multicolumn.pdf p.1] [multicolumn.pdf p.3]."
+    assert states_answer(answer, ["Helsinki"]) and not states_answer(answer, ["Vienna"])
+    assert cited_pages(answer) == [("multicolumn.pdf", 3), ("multicolumn.pdf", 1)]
+    assert supporting(cited_pages(answer), sources, ["helsinki"]) == [True, False]
+
+
+def test_rag_eval_answer_mode_through_ollama(indexed, ollama_server, tmp_path, capsys):
+    from flows.rag_eval import main
+    from tasks.rag.evaluation import states_answer
+
+    held_out = Path(__file__).resolve().parents[1] / "data" / "rag_eval" / "multicolumn.jsonl"
+    llm = ["llm.provider=ollama", f"llm.model={OllamaServer.CHAT_MODEL}", f"llm.base_url={ollama_server.url}"]
+    args = ["--qa", str(held_out), "--k", "3", "--answers", "--json"]
+    assert main(args + [x for item in indexed + llm + ["llm.max_new_tokens=32"] for x in ("--set", item)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    mode = result["answer_mode"]
+    questions = {json.loads(line)["id"]: json.loads(line) for line in held_out.read_text().splitlines()}
+    assert len(mode["answers"]) == len(questions) == 6
+    for row in mode["answers"]:
+        expected = questions[row["id"]]["answers"]
+        model_text = row["answer"].split("\n\nSources: ")[0]
+        assert row["correct"] == states_answer(model_text, expected)
+        assert row["cited"] and len(row["cited_support"]) == len(row["cited"])
+    assert mode["answer_accuracy"] == sum(r["correct"] for r in mode["answers"]) / 6
+    assert mode["citations_supported"] == sum(r["citations_supported"] for r in mode["answers"]) / 6
+    assert mode["seconds_per_answer"] > 0
+    import mlflow
+
+    assert mlflow.get_run(result["mlflow_run_id"]).data.metrics["answer_accuracy"] == mode["answer_accuracy"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from tasks.core.config import data_dir
@@ -46,6 +46,9 @@ class OpenStore:
     vectors: VectorStore
     flush: Callable[[], None] = nothing  # every write durable before the run reports success
     close: Callable[[], None] = nothing  # the connection, and whatever lets another process open the index
+    # Passed to similarity_search_with_score: what makes this store's similarity search a pure
+    # vector search (retrieval fuses keywords itself, so a store's own keyword part would count twice).
+    search_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def search(
         self, query: str, k: int, search: str = "similarity", fetch_k: int = 20
@@ -54,7 +57,10 @@ class OpenStore:
         if search == "mmr":
             docs = self.vectors.max_marginal_relevance_search(query, k=k, fetch_k=max(fetch_k, k))
             return [(doc, None) for doc in docs]
-        return [(doc, float(score)) for doc, score in self.vectors.similarity_search_with_score(query, k=k)]
+        return [
+            (doc, float(score))
+            for doc, score in self.vectors.similarity_search_with_score(query, k=k, **self.search_kwargs)
+        ]
 
 
 @dataclass(frozen=True)

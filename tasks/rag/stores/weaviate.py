@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from tasks.rag.config import StoreOptions
 
 
+VECTOR_ONLY = 1.0  # Weaviate's hybrid alpha: 1 = vector search only, 0 = BM25 only
+
+
 def check(options: StoreOptions) -> None:
     if options.uri:
         require(is_server_uri(options.uri), "store.uri", f"weaviate takes an http(s) URL, got {options.uri!r}")
@@ -69,7 +72,9 @@ def open_weaviate(options: StoreOptions, embeddings: Embeddings) -> OpenStore:
         embedding=embeddings,
         attributes=list(METADATA_FIELDS),
     )
-    return OpenStore(vectors, close=client.close)  # writes go through: nothing to flush
+    # langchain-weaviate's similarity search is Weaviate's hybrid query (BM25 + vectors, alpha 0.75 by
+    # the server's default); alpha 1 makes it vectors only, so the BM25 ranking retrieval fuses in counts once.
+    return OpenStore(vectors, close=client.close, search_kwargs={"alpha": VECTOR_ONLY})  # writes go through
 
 
 STORE = StoreKind(open=open_weaviate, location=location, default_records=default_records, check=check)
