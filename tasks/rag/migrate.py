@@ -66,7 +66,9 @@ def migrate(lite: str, server: str, collection: str, into: str, replace: bool) -
     try:
         if not source.has_collection(collection):
             raise ValueError(f"--collection: {lite} has no collection {collection!r}")
+        source.load_collection(collection)  # a freshly opened file holds its collections released
         if target.has_collection(into):
+            target.load_collection(into)
             held = target.query(into, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
             if held and not replace:
                 raise MigrationRefused(
