@@ -6,7 +6,9 @@
 Rows keep their ids (the record manager's chunk keys), so the record store goes on as it is: point
 `store.records` at the Lite file's record store (`index-records.db`), or at the PostgreSQL
 database it was moved to, and set `store.uri` to the server. A target collection that already holds
-rows is left alone unless `--replace` is given (then it is dropped first).
+rows is left alone unless `--replace` is given (then it is dropped first). Keep the collection's
+name (the default): the record store keys its rows by it, so under `--into OTHER` the copy starts
+without a catalog.
 """
 
 from __future__ import annotations
