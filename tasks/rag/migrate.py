@@ -6,7 +6,9 @@
 Rows keep their ids (the record manager's chunk keys), so the record store goes on as it is: point
 `store.records` at the Lite file's record store (`index-records.db`), or at the PostgreSQL
 database it was moved to, and set `store.uri` to the server. A target collection that already holds
-rows is left alone unless `--replace` is given (then it is dropped first).
+rows is left alone unless `--replace` is given (then it is dropped first). Keep the collection's
+name (the default): the record store keys its rows by it, so under `--into OTHER` the copy starts
+without a catalog.
 """
 
 from __future__ import annotations
@@ -66,7 +68,9 @@ def migrate(lite: str, server: str, collection: str, into: str, replace: bool) -
     try:
         if not source.has_collection(collection):
             raise ValueError(f"--collection: {lite} has no collection {collection!r}")
+        source.load_collection(collection)  # a freshly opened file holds its collections released
         if target.has_collection(into):
+            target.load_collection(into)
             held = target.query(into, filter="", output_fields=["count(*)"], consistency_level="Strong")[0]["count(*)"]
             if held and not replace:
                 raise MigrationRefused(

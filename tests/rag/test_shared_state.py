@@ -308,7 +308,7 @@ def test_migrating_a_lite_index_to_the_server(prefect_harness, milvus_server, sa
     lite = tmp_path / "index.db"
     indexed = by_name(pdf_index(config=CONFIG, overrides=[f"store.uri={lite}"], sources=[str(docs)]))
     chunks = sum(r["chunks"] for r in indexed.values())
-    argv = ["--lite", str(lite), "--server", milvus_server, "--into", "migrated"]
+    argv = ["--lite", str(lite), "--server", milvus_server]  # same collection name: the record store goes on
 
     # A Lite file serves one process: a second one is told so, and nothing is copied.
     holder = subprocess.Popen(
@@ -331,11 +331,10 @@ def test_migrating_a_lite_index_to_the_server(prefect_harness, milvus_server, sa
 
     assert migrate.main(argv) == 0
     assert f"copied {chunks} rows" in capsys.readouterr().out
-    assert len(milvus_rows(milvus_server, "migrated")) == chunks
+    assert len(milvus_rows(milvus_server, "pdf_chunks")) == chunks
     # Same ids, same record store: the server index answers and a reindex finds nothing to do.
     overrides = [
         f"store.uri={milvus_server}",
-        "store.collection=migrated",
         f"store.records={tmp_path / 'index-records.db'}",
     ]
     config = load_config(RagConfig, "configs/rag.yaml", overrides)
@@ -349,8 +348,8 @@ def test_migrating_a_lite_index_to_the_server(prefect_harness, milvus_server, sa
 
     assert migrate.main(argv) == 2  # the collection holds rows now
     assert (
-        f"collection 'migrated' on {milvus_server} already holds {chunks} rows; pass --replace"
+        f"collection 'pdf_chunks' on {milvus_server} already holds {chunks} rows; pass --replace"
         in capsys.readouterr().err
     )
     assert migrate.main([*argv, "--replace"]) == 0
-    assert len(milvus_rows(milvus_server, "migrated")) == chunks
+    assert len(milvus_rows(milvus_server, "pdf_chunks")) == chunks
