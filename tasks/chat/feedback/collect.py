@@ -84,13 +84,16 @@ class FeedbackCollector:
         """The generation-log entry of the reply: its status and sampling settings."""
         if self.sessions.running_count(session):
             raise NotJudgeable("a reply is still being generated: rate it once it is finished")
-        for entry in reversed(self.sessions.log(session)):
-            if entry.get("model") == model and entry.get("reply_chars") == len(reply):
-                if entry.get("status") == "stopped":
-                    raise NotJudgeable("this reply was stopped before it finished; partial replies are not rated")
-                if entry.get("status") not in (None, "done"):
-                    raise NotJudgeable(f"this reply did not complete ({entry.get('status')})")
-                return entry
+        entries = [e for e in reversed(self.sessions.log(session)) if e.get("model") == model and "reply_chars" in e]
+        # A stopped reply's last streamed text can be shorter than what the server had generated.
+        exact = [e for e in entries if e["reply_chars"] == len(reply)]
+        cut = [e for e in entries if e.get("status") == "stopped" and e["reply_chars"] >= len(reply)]
+        for entry in exact or cut:
+            if entry.get("status") == "stopped":
+                raise NotJudgeable("this reply was stopped before it finished; partial replies are not rated")
+            if entry.get("status") != "done":
+                raise NotJudgeable(f"this reply did not complete ({entry.get('status')})")
+            return entry
         return {}  # generated before a restart of the app: its settings are unknown
 
     def _save(self, judgement: Judgement) -> str:
