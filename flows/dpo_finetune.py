@@ -1,7 +1,7 @@
 """`dpo-finetune`: Direct Preference Optimization of a LoRA adapter, tracked, gated, published and verified.
 
 load_preferences → load_policy → apply_lora → prepare_trainer → evaluate_untrained → train_dpo
-    → evaluate_trained → quality_gate → push_to_hub → reload_and_verify
+    → evaluate_trained → quality_gate → push_to_hub → reload_and_verify → challenge_champion
 
 python -m flows.dpo_finetune --config configs/dpo_demo.yaml --set train.max_steps=40 --set dpo.beta=0.2
 prefect deployment run dpo-finetune/dpo-finetune          (with the local stack up)
@@ -15,12 +15,12 @@ from pathlib import Path
 from prefect import flow
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from flows.shared_steps import publish_and_verify
+from flows.shared_steps import challenge_champion, publish_and_verify
 from tasks.core import models, tracking
 from tasks.core.cli import run_cli
 from tasks.core.config import load_config
 from tasks.core.steps import step
-from tasks.training import checkpoints, dpo, lora, preferences, report, runs
+from tasks.training import challenge, checkpoints, dpo, lora, preferences, report, runs
 from tasks.training.config import DpoFinetuneConfig
 from tasks.training.results import DpoRun, PreferenceEvaluation, RunSetup
 from tasks.training.trainer import TrainResult
@@ -99,6 +99,8 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
         run.gate = quality_gate(base, trained, cfg)
         card_metrics = {**dpo.metrics_for_card(base, trained), **run.train.metrics()}  # no local paths
         runs.finish(run, *publish_and_verify(FLOW, cfg, run_id, model, tokenizer, base_path, card_metrics, token))
+        candidate, score_champion = challenge.dpo_challenge(trainer, trained, cfg)
+        run.champion = challenge_champion(run.publication, cfg.publish, candidate, score_champion)
     return run
 
 

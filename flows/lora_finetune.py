@@ -1,6 +1,7 @@
 """`lora-finetune`: fine-tune a causal LM with LoRA, track it in MLflow, publish it, reload and verify it.
 
 load_dataset → load_base_model → freeze_and_apply_lora → train → evaluate → push_to_hub → reload_and_verify
+    → challenge_champion
 
 python -m flows.lora_finetune --config configs/lora_demo.yaml --set train.max_steps=50 --set lora.r=16
 prefect deployment run lora-finetune/lora-finetune          (with the local stack up)
@@ -13,12 +14,12 @@ import sys
 from prefect import flow
 
 import tasks  # noqa: F401  (quiet defaults before the libraries load)
-from flows.shared_steps import publish_and_verify
+from flows.shared_steps import challenge_champion, publish_and_verify
 from tasks.core import models, tracking
 from tasks.core.cli import run_cli
 from tasks.core.config import load_config
 from tasks.core.steps import step
-from tasks.training import checkpoints, data, lora, report, runs, sft
+from tasks.training import challenge, checkpoints, data, lora, report, runs, sft
 from tasks.training.config import DataOptions, LoraFinetuneConfig, ModelOptions
 from tasks.training.evaluation import EvalReport
 from tasks.training.results import LoraRun, RunSetup
@@ -70,6 +71,8 @@ def lora_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = No
         tracking.log_metrics(run.evaluation.metrics())
         card_metrics = {**run.evaluation.metrics(), **run.train.metrics()}
         runs.finish(run, *publish_and_verify(FLOW, cfg, run_id, model, tokenizer, base_path, card_metrics, token))
+        candidate, score_champion = challenge.sft_challenge(model, tokenizer, sft_data.eval, run.evaluation, cfg)
+        run.champion = challenge_champion(run.publication, cfg.publish, candidate, score_champion)
     return run
 
 

@@ -1,6 +1,7 @@
-"""The end both training flows share: save the adapter, publish it, reload it from there, verify it.
+"""The end both training flows share: save the adapter, publish it, reload it from there, verify it,
+and let it challenge the registry's champion.
 
-    save adapter + model card → push_to_hub → reload_and_verify
+    save adapter + model card → push_to_hub → reload_and_verify → challenge_champion
 
 One copy of these steps serves `lora-finetune` and `dpo-finetune`, so an adapter is published and
 verified the same way whichever flow trained it.
@@ -9,6 +10,7 @@ verified the same way whichever flow trained it.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +90,21 @@ def publish_and_verify(
     tracking.set_tags({"verify.status": "passed" if verification.passed else "failed"})
     tracking.log_metrics({"verify_max_abs_logit_diff": verification.max_abs_logit_diff})
     return published, verification
+
+
+@step(io_retries=2)
+def challenge_champion(
+    publication, options: PublishOptions, candidate: publishing.Score, score_champion: Callable[[Path], float]
+) -> publishing.PromotionDecision | None:
+    """The verified version takes the registry's @champion alias if it earns it (None: the target has no aliases).
+
+    `publication` is the run's (the published URI and its verification); the decision and its two
+    scores go into the run's `champion.*` tags.
+    """
+    if not publishing.has_aliases(publication.published.uri):
+        return None
+    decision = publishing.promote_if_better(
+        publication.published.uri, candidate, score_champion, options.promote, verified=publication.verified
+    )
+    tracking.set_tags(decision.tags())
+    return decision

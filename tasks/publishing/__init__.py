@@ -1,10 +1,21 @@
 """Publishing adapters: to the Hub, the MLflow Model Registry or a folder; fetching them back; verifying.
 
-One URI says where an adapter goes; `targets/` holds one module per URI scheme and the registry
+One URI says where an adapter goes; a registered model's `@champion` alias says which version to
+serve (`champion.py`). `targets/` holds one module per URI scheme and the registry
 that lists them. Other areas use only what is named here; flows prefer these names too.
 """
 
 from tasks.publishing.card import model_card
+from tasks.publishing.champion import (
+    PROMOTE_MODES,
+    ChampionInfo,
+    NotComparable,
+    Promote,
+    PromotionDecision,
+    Score,
+    current_champion,
+    promote_if_better,
+)
 from tasks.publishing.errors import PublishError, VerificationError
 from tasks.publishing.fetch import fetch_adapter, fetched_adapter
 from tasks.publishing.publish import publish_adapter
@@ -15,6 +26,7 @@ from tasks.publishing.uris import (
     ACCEPTED_FORMS,
     ADAPTER_SCHEMES,
     FETCH_FORMS,
+    has_aliases,
     is_adapter_uri,
     needs_hub_token,
     publish_logs_adapter,
@@ -25,15 +37,24 @@ __all__ = [
     "ACCEPTED_FORMS",
     "ADAPTER_SCHEMES",
     "FETCH_FORMS",
+    "PROMOTE_MODES",
+    "ChampionInfo",
+    "NotComparable",
+    "Promote",
+    "PromotionDecision",
     "PublishError",
     "Published",
+    "Score",
     "Verification",
     "VerificationError",
+    "current_champion",
     "fetch_adapter",
     "fetched_adapter",
+    "has_aliases",
     "is_adapter_uri",
     "model_card",
     "needs_hub_token",
+    "promote_if_better",
     "publish_adapter",
     "publish_logs_adapter",
     "registered_adapter_uris",

@@ -67,3 +67,4 @@ class Target:
     logs_adapter_to_run: bool = False  # publishing logs the adapter folder into the MLflow run itself
     clears_local_paths: bool = False  # what it publishes leaves this machine: no local path may go with it
     reads_in_place: bool = False  # fetch reads the published folder itself: nothing to download or remove
+    has_aliases: bool = False  # a version can hold the @champion alias (see champion.py)

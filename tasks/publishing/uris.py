@@ -61,3 +61,9 @@ def publish_logs_adapter(uri: str) -> bool:
     """Whether publishing to `uri` logs the adapter folder into the MLflow run itself (so a flow need not)."""
     target = _target_named_by(uri)
     return target is not None and target.logs_adapter_to_run
+
+
+def has_aliases(uri: str) -> bool:
+    """Whether what `uri` names can hold the @champion alias (a registry version), so a flow may promote it."""
+    target = _target_named_by(uri)
+    return target is not None and target.has_aliases

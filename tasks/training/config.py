@@ -14,7 +14,7 @@ from typing import Literal
 
 from tasks.core.config import option, require
 from tasks.core.defaults import SMOLLM2_PYPI
-from tasks.publishing import ACCEPTED_FORMS, ADAPTER_SCHEMES
+from tasks.publishing import ACCEPTED_FORMS, ADAPTER_SCHEMES, Promote
 
 
 @dataclass
@@ -169,6 +169,12 @@ class PublishOptions:
     private: bool = option(True, help="create Hub repos private")
     token_secret: str | None = option(None, help="Prefect Secret block holding the Hub token (else HF_TOKEN)")
     verify: bool = option(True, help="reload the published adapter and verify tensors and logits")
+    promote: Promote = option(
+        "auto",
+        help="the registry's @champion alias (mlflow:// only) after a verified publish: auto moves it to the "
+        "new version when its held-out score (SFT eval loss, DPO reward accuracy) is at least as good as "
+        "the champion's on the same data; always moves it; never leaves it",
+    )
     logits_tolerance: float | None = option(
         None,
         help="max abs logit difference accepted by verification; default per training precision: "

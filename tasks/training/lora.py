@@ -77,16 +77,16 @@ def start_policy(model, cfg: DpoFinetuneConfig, placement: Placement, token: str
     from peft import PeftModel
 
     with publishing.fetched_adapter(cfg.init_adapter, token=token) as folder:
-        _require_base(folder, cfg.init_adapter, cfg.model.name)
+        require_same_base(folder, cfg.init_adapter, cfg.model.name)
         peft_model = PeftModel.from_pretrained(model, folder, is_trainable=True)  # freezes the base itself
     return peft_model, _counted(peft_model, f"adapter {cfg.init_adapter} (its LoRA shape; lora.* options do not apply)")
 
 
-def _require_base(folder: Path, uri: str, model_name: str) -> None:
+def require_same_base(folder: Path, uri: str, model_name: str, key: str = "init_adapter") -> None:
     """An adapter trained on another base model would load, and train, into nonsense: refuse it."""
     recorded = folder / "ftllm.json"  # what publishing records beside every adapter
     base = json.loads(recorded.read_text()).get("base_model") if recorded.is_file() else None
     if base and base != model_name:
         raise ConfigError(
-            f"init_adapter: {uri} was trained on {base!r}, but model.name is {model_name!r}; set model.name={base}"
+            f"{key}: {uri} was trained on {base!r}, but model.name is {model_name!r}; set model.name={base}"
         )

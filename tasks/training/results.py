@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tasks.core.models import Placement
-from tasks.publishing import Published, Verification
+from tasks.publishing import PromotionDecision, Published, Verification
 from tasks.training.data import SftSummary, TokenSummary
 from tasks.training.dpo import Gate
 from tasks.training.evaluation import EvalReport
@@ -49,6 +49,7 @@ class LoraRun:
     train: TrainResult | None = None
     evaluation: EvalReport | None = None
     publication: Publication | None = None
+    champion: PromotionDecision | None = None  # None: not reached, or the target has no aliases
     error: str | None = None
 
 
@@ -72,4 +73,5 @@ class DpoRun:
     evaluation: PreferenceEvaluation | None = None
     gate: Gate | None = None
     publication: Publication | None = None
+    champion: PromotionDecision | None = None  # None: not reached, or the target has no aliases
     error: str | None = None

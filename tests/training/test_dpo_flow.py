@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from tasks import publishing
+
 POLITE, RUDE = "Thank you very much for asking.", "The quick brown fox jumps over the lazy dog."
 
 
@@ -114,11 +116,13 @@ def test_failed_gate_fails_the_run_and_publishes_nothing(prefect_harness, tiny_m
 
 
 def test_sft_then_dpo_starts_from_a_lora_finetune_publish(prefect_harness, tiny_model_dir, tmp_path):
+    """SFT and DPO publish to one registered model: the SFT version is the champion the DPO run starts
+    from (`mlflow://NAME` is its @champion) and then challenges on the DPO run's held-out pairs."""
     from flows.dpo_finetune import dpo_finetune
     from flows.lora_finetune import lora_finetune
 
-    sft_dir = tmp_path / "sft"
-    lora_finetune(
+    name = "tiny-sft-dpo"
+    sft = lora_finetune(
         config="configs/lora_demo.yaml",
         overrides=[
             f"model.name={tiny_model_dir}",
@@ -130,27 +134,37 @@ def test_sft_then_dpo_starts_from_a_lora_finetune_publish(prefect_harness, tiny_
             f"train.output_dir={tmp_path / 'sft-checkpoints'}",
             "lora.r=4",
             "lora.alpha=8",
-            f"publish.uri=file://{sft_dir}",
+            f"publish.uri=mlflow://{name}",
             "eval.max_new_tokens=4",
             "eval.sample_prompts=[Hi]",
         ],
     )
-    assert (sft_dir / "adapter_model.safetensors").is_file()
+    assert sft.publication.published.uri == f"mlflow://{name}/1" and sft.champion.promoted
 
     train = write_jsonl(tmp_path / "prefs.jsonl", [hh_pair(i, POLITE, RUDE) for i in range(32)])
-    published = tmp_path / "dpo"
+    overrides = tiny_overrides(tiny_model_dir, tmp_path, train, tmp_path / "unused")
     run = dpo_finetune(
         config="configs/sft_then_dpo.yaml",
-        overrides=tiny_overrides(tiny_model_dir, tmp_path, train, published) + [f"init_adapter=file://{sft_dir}"],
+        overrides=[*overrides, f"publish.uri=mlflow://{name}", f"init_adapter=mlflow://{name}"],
     )
-    assert run.params.start.startswith(f"adapter file://{sft_dir}")
+    assert run.params.start.startswith(f"adapter mlflow://{name}")
     assert run.evaluation.untrained["rewards/accuracies"] == 0.5  # starts at its reference: the SFT adapter
     assert run.evaluation.trained["rewards/accuracies"] > 0.9
-    assert run.publication.verification.passed
-    sft_config = json.loads((sft_dir / "adapter_config.json").read_text())
-    dpo_config = json.loads((published / "adapter_config.json").read_text())
+    assert run.publication.verification.passed and run.publication.published.uri == f"mlflow://{name}/2"
+    with publishing.fetched_adapter(f"mlflow://{name}/1") as first:
+        sft_config = json.loads((first / "adapter_config.json").read_text())
+    with publishing.fetched_adapter(f"mlflow://{name}/2") as second:
+        dpo_config = json.loads((second / "adapter_config.json").read_text())
     assert dpo_config["r"] == sft_config["r"] == 4  # the SFT adapter's shape, trained further
-    assert last_run().data.tags["init_adapter"] == f"file://{sft_dir}"
+
+    # The champion (the SFT adapter, i.e. this run's reference) scored on the same pairs: every
+    # implicit reward 0, so exactly 0.5; the DPO version beats it and takes the alias.
+    decision = run.champion
+    assert decision.previous == f"mlflow://{name}/1" and decision.champion_score == 0.5
+    assert decision.promoted and decision.candidate_score == run.evaluation.trained["rewards/accuracies"]
+    tags = last_run().data.tags
+    assert tags["init_adapter"] == f"mlflow://{name}" and tags["champion.metric"] == "reward_accuracy"
+    assert tags["champion.promoted"] == "true" and tags["champion.previous_score"] == "0.5"
 
 
 def test_init_adapter_for_another_base_model_is_refused(prefect_harness, tiny_model_dir, tmp_path):

@@ -101,6 +101,18 @@ def test_flow_trains_tracks_publishes_and_verifies(prefect_harness, tiny_model_d
     )
     assert again.publication.published.uri == "mlflow://tiny-colors-lora/2" and again.publication.verification.passed
 
+    # The first version became the champion; the second, trained less, challenged it on the same
+    # held-out rows (the champion scores there what its own run measured) and lost.
+    assert run.champion.promoted and run.champion.previous is None and tags["champion.promoted"] == "true"
+    assert not again.champion.promoted and again.champion.previous == "mlflow://tiny-colors-lora/1"
+    assert again.champion.champion_score == pytest.approx(run.evaluation.eval_loss, abs=1e-4)
+    assert again.champion.candidate_score == again.evaluation.eval_loss > run.evaluation.eval_loss
+    lost = mlflow_client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])[0].data.tags
+    assert lost["champion.promoted"] == "false" and lost["champion.previous"] == "mlflow://tiny-colors-lora/1"
+    assert lost["champion.metric"] == "eval_loss" and "not at least as good" in lost["champion.reason"]
+    assert float(lost["champion.previous_score"]) == pytest.approx(run.evaluation.eval_loss, rel=1e-4)
+    assert str(mlflow_client.get_model_version_by_alias("tiny-colors-lora", "champion").version) == "1"
+
 
 def test_flow_publishes_to_a_folder_and_the_summary_artifact_tells_the_story(prefect_harness, tiny_model_dir, tmp_path):
     from prefect.client.orchestration import get_client

@@ -1,6 +1,8 @@
 """`mlflow://NAME`: the MLflow Model Registry. The folder is logged as artifacts of the run
 (`adapter/`) and registered as a new version, pinned as `mlflow://NAME/<version>`; fetched by
-version, by alias (`mlflow://NAME@champion`) or, unpinned, the newest version.
+version, by alias (`mlflow://NAME@champion`) or, unpinned, the `@champion` (the newest version while
+no champion is set). An alias that points at a version the registry no longer has is an error naming
+it, never followed.
 
 MLflow authenticates with its own settings (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN), never
 with the Hub token.
@@ -22,6 +24,7 @@ SCHEME = "mlflow"
 FORMS = UriForms(publish=f"{SCHEME}://NAME (the MLflow Model Registry)", fetch=f"{SCHEME}://NAME[/VERSION | @ALIAS]")
 ARTIFACT_PATH = "adapter"  # where in the run the adapter folder is logged
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,255}$")
+CHAMPION = "champion"  # the alias of the version to serve (see champion.py)
 _ALIAS = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,254}$")
 
 
@@ -93,32 +96,75 @@ def fetch(address: Address, token: str | None, scratch: Path | None) -> Path:
     client = MlflowClient()
     try:
         if address.alias:
-            version = client.get_model_version_by_alias(address.name, address.alias)
+            version = version_by_alias(address.name, address.alias)
+            if version is None:
+                raise PublishError(f"{uri_of(address)}: {address.name} has no alias {address.alias!r}")
         elif address.version:
             version = client.get_model_version(address.name, address.version)
         else:
-            versions = client.search_model_versions(f"name = '{address.name}'")
-            if not versions:
-                raise PublishError(f"{uri_of(address)}: the registry has no versions of {address.name}")
-            version = max(versions, key=lambda v: int(v.version))
+            version = version_by_alias(address.name, CHAMPION) or _newest_version(client, address)
         folder = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(scratch))
     except MlflowException as error:
         raise PublishError(f"{uri_of(address)}: {error.message}") from None
     return Path(folder)
 
 
+def version_by_alias(name: str, alias: str):
+    """The ModelVersion `NAME@alias` points at; None when the model or the alias does not exist.
+
+    Raises PublishError when the alias points at a version the registry no longer has (deleted, or
+    never finished registering): following it would serve nothing, or something else.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    tracking.configure()
+    client = MlflowClient()
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise PublishError(f"{SCHEME}://{name}@{alias}: {error.message}") from None
+    pointed = registered.aliases.get(alias)
+    if pointed is None:
+        return None
+    where = f"{SCHEME}://{name}@{alias}"
+    try:
+        version = client.get_model_version(name, str(pointed))
+    except MlflowException:
+        raise PublishError(
+            f"{where} points at version {pointed}, which the registry no longer has; not followed "
+            f"(set the alias again, or fetch a version: {SCHEME}://{name}/VERSION)"
+        ) from None
+    if version.status != "READY":
+        raise PublishError(f"{where} points at version {pointed}, whose registration is {version.status}; not followed")
+    return version
+
+
+def _newest_version(client, address: Address):
+    versions = client.search_model_versions(f"name = '{address.name}'")
+    if not versions:
+        raise PublishError(f"{uri_of(address)}: the registry has no versions of {address.name}")
+    newest = max(versions, key=lambda v: int(v.version))
+    log.info("%s has no %s alias: fetching its newest version, %s", address.name, CHAMPION, newest.version)
+    return newest
+
+
 def registered_adapter_uris(versions_per_model: int) -> list[str]:
-    """The pinned URIs of the newest `versions_per_model` versions of every registered model."""
+    """Per registered model: `NAME@champion` when set, then the pinned URIs of its newest `versions_per_model` versions."""
     import mlflow
 
     tracking.configure()
     client = mlflow.MlflowClient()
     uris = []
     for registered in client.search_registered_models():
+        if CHAMPION in registered.aliases:
+            uris.append(uri_of(Address(registered.name, alias=CHAMPION)))
         found = client.search_model_versions(f"name = '{registered.name}'")
         newest = sorted(found, key=lambda v: int(v.version), reverse=True)[:versions_per_model]
         uris.extend(uri_of(Address(registered.name, v.version)) for v in newest)
     return uris
 
 
-MLFLOW_REGISTRY = Target(SCHEME, FORMS, parse, uri_of, publish, fetch, logs_adapter_to_run=True)
+MLFLOW_REGISTRY = Target(SCHEME, FORMS, parse, uri_of, publish, fetch, logs_adapter_to_run=True, has_aliases=True)
