@@ -18,6 +18,7 @@ from tasks.publishing.champion import (
 )
 from tasks.publishing.errors import PublishError, VerificationError
 from tasks.publishing.fetch import fetch_adapter, fetched_adapter
+from tasks.publishing.pinning import pinned_uri
 from tasks.publishing.publish import publish_adapter
 from tasks.publishing.staging import save_adapter
 from tasks.publishing.target import Published
@@ -54,6 +55,7 @@ __all__ = [
     "is_adapter_uri",
     "model_card",
     "needs_hub_token",
+    "pinned_uri",
     "promote_if_better",
     "publish_adapter",
     "publish_logs_adapter",

@@ -72,7 +72,7 @@ def test_export_writes_the_pairs_logs_the_dataset_and_dpo_reads_them(filled_stor
     run = mlflow.get_run(result["mlflow_run_id"])
     assert run.data.metrics["feedback_pairs"] == 10 and run.data.metrics["feedback_duplicates_removed"] == 1
     assert (
-        run.data.metrics["win_rate.m_champion_1"] == 1.0 and run.data.metrics["judgements.m/2"] == 13
+        run.data.metrics["win_rate.m_champion_1"] == 1.0 and run.data.metrics["judgements.m_2"] == 13
     )  # 11 picks, a tie, a lone thumb
     inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
     assert set(inputs) == {"feedback-training", "feedback-evaluation"}

@@ -18,10 +18,19 @@ from tasks.chat.feedback.records import Judgement
 from tasks.chat.feedback.store import FeedbackStore, FeedbackStoreError, as_judgement
 from tasks.chat.history import message_text, model_messages
 from tasks.chat.sessions import Sessions
+from tasks.publishing import PublishError, pinned_uri
 
 log = logging.getLogger(__name__)
 
 VERDICT_TEXT = {"up": "👍", "down": "👎", "left": "left is better", "right": "right is better", "tie": "tie"}
+
+
+def current_version(choice: str) -> str:
+    """What a choice serves now: a registry alias pinned to its version; else the choice itself."""
+    try:
+        return pinned_uri(choice)
+    except PublishError:
+        return choice
 
 
 class NotJudgeable(ValueError):
@@ -69,7 +78,7 @@ class FeedbackCollector:
     ):
         self.options = options
         self.sessions = sessions
-        self.resolve_version = resolve_version or (lambda choice: choice)
+        self.resolve_version = resolve_version or current_version
         self._store = store
         self._opening = threading.Lock()
 
@@ -133,7 +142,7 @@ class FeedbackCollector:
             prompt=prompt,
             reply_a=reply,
             model_a=model,
-            version_a=self.resolve_version(model),
+            version_a=entry.get("served") or self.resolve_version(model),
             settings=entry.get("settings", {}),
         )
         if liked not in (True, False):  # the same thumb clicked again: the user takes the rating back
@@ -163,7 +172,7 @@ class FeedbackCollector:
             if not left.strip() or not right.strip():
                 raise NotJudgeable("an empty reply cannot be compared")
             entry = self._generation(session, model_a, left)
-            self._generation(session, model_b, right)
+            entry_b = self._generation(session, model_b, right)
         except NotJudgeable as why:
             return f"⚠️ Not stored: {why}."
         return self._save(
@@ -173,10 +182,10 @@ class FeedbackCollector:
                 prompt=prompt,
                 reply_a=left,
                 model_a=model_a,
-                version_a=self.resolve_version(model_a),
+                version_a=entry.get("served") or self.resolve_version(model_a),
                 reply_b=right,
                 model_b=model_b,
-                version_b=self.resolve_version(model_b),
+                version_b=entry_b.get("served") or self.resolve_version(model_b),
                 settings=entry.get("settings", {}),
             )
         )

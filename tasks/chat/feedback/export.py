@@ -108,8 +108,9 @@ def export_pairs(store: FeedbackStore, options: ExportOptions) -> ExportResult:
 
 
 def _metric_name(version: str) -> str:
-    """A version as part of an MLflow metric name (letters, digits, _ - . / : and spaces only)."""
-    return re.sub(r"[^\w.\-/: ]", "_", version)
+    """A version as part of an MLflow metric name: runs of anything but letters, digits, '.', '-'
+    become one '_' (MLflow also refuses names that read as other file paths, such as '//')."""
+    return re.sub(r"[^\w.\-]+", "_", version).strip("_")[-150:]
 
 
 def _frame(path: str):
