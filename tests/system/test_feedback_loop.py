@@ -1,10 +1,12 @@
 """The feedback loop end to end: votes in the real chat app (Chromium) → feedback-export → dpo-finetune
 from the champion → promotion → the same running app serves the new champion after a page reload.
 
-The scripted user compares the champion (left) with the base model (right) and always picks the
-reply with more of the letter MARKER (a tie when both have as many). A tiny model learns that
-quickly; on the held-out users' pairs (whole prompts the training never saw) the new champion
-prefers the picked reply more often than the old one did.
+The scripted user compares the champion (left: the tiny model after one SFT step) with the base
+model (right), both sampling among their 4 likeliest tokens, and picks the reply that contains
+MARKER more often, a piece the tiny model samples in about a third of its replies (a tie when both
+contain it as often). DPO from the champion learns that taste in a few steps; on the held-out
+users' pairs (whole prompts training never saw) the new champion prefers the picked reply more
+often than the old one did.
 """
 
 from __future__ import annotations
@@ -27,13 +29,11 @@ from tests.chat.test_chat_browser import (  # noqa: F401  (browser: the module's
     wait_until_idle,
 )
 from tests.support.chat import free_port
-from tests.training.test_lora_flow import tiny_overrides, write_tiny_dataset
+from tests.training.test_lora_flow import COLORS, tiny_overrides, write_tiny_dataset
 
 NAME = "feedback-tiny"
-MARKER = "e"
-PROMPTS = [f"Tell me about {topic}." for topic in ("bread", "books", "music", "computers", "dogs", "foxes")] + [
-    f"Question number {i}: what do you think?" for i in range(18)
-]
+MARKER = "ank"
+PROMPTS = [f"{start} the color {color}." for start in ("Name", "Describe", "Draw", "Paint") for color in COLORS]
 
 
 def preference_accuracy(adapter_uri: str, rows: list[dict]) -> float:
@@ -73,9 +73,9 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
 
     started = time.monotonic()
     registry = f"mlflow://{NAME}"
-    # The first champion: a short SFT run on the (never-ending) tiny model, registered as version 1.
-    data = write_tiny_dataset(tmp_path / "colors.jsonl", n=64)
-    lora_finetune(overrides=tiny_overrides(chat_model_dir, data, registry, steps=2))
+    # The first champion: one SFT step on the (never-ending) tiny model, registered as version 1.
+    data = write_tiny_dataset(tmp_path / "colors.jsonl", n=16)
+    lora_finetune(overrides=tiny_overrides(chat_model_dir, data, registry, steps=1))
     assert current_champion(NAME).version == "1"
 
     database = f"sqlite:///{tmp_path / 'judgements.db'}"
@@ -84,7 +84,7 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
         models=[f"{registry}@champion", str(chat_model_dir)],
         list_registry=False,
         preload=False,
-        sampling=SamplingSettings(temperature=1.0, max_new_tokens=8),
+        sampling=SamplingSettings(temperature=1.0, top_k=4, max_new_tokens=16),
         feedback=FeedbackOptions(database=database),
     )
     app = build_app(config)
@@ -111,7 +111,7 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
         versions_seen = {e.get("served") for e in generation_log(page) if "served" in e}
         assert versions_seen == {f"{registry}/1", str(chat_model_dir)}
 
-        exported = feedback_export(overrides=[f"feedback.database={database}", "export.eval_fraction=0.3"])
+        exported = feedback_export(overrides=[f"feedback.database={database}", "export.eval_fraction=0.35"])
         assert exported["judgements"] == len(PROMPTS) and exported["ties_dropped"] == picked["tie"]
         assert exported["pairs"] == picked["left"] + picked["right"] and exported["eval_pairs"] >= 3
 
@@ -125,13 +125,14 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
                 f"publish.uri={registry}",
                 "train.max_steps=30",
                 "train.batch_size=4",
-                "train.learning_rate=0.01",
+                "train.learning_rate=0.03",
+                "dpo.beta=0.5",
                 "train.lr_scheduler=constant",
                 "train.warmup_ratio=0.0",
                 f"train.output_dir={tmp_path / 'checkpoints'}",
                 "lora.r=8",
                 "lora.alpha=16",
-                "eval.sample_prompts=[Tell me about cats.]",
+                "eval.sample_prompts=[Show the color grey.]",
                 "eval.max_new_tokens=8",
             ]
         )
@@ -141,7 +142,7 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
         # The same app, after a reload: the champion's replies now come from version 2.
         page.reload()
         page.wait_for_selector("#message textarea")
-        send(page, "Tell me about cats.")
+        send(page, "Show the color grey.")
         wait_for_bot_count(page, 1, "#chat-a")
         assert wait_until_idle(page, "#chat-a", 0.3).strip()
         assert generation_log(page)[-1]["served"] == f"{registry}/2"
