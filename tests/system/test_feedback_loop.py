@@ -139,9 +139,10 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
         assert run.champion is not None and run.champion.promoted, run.champion
         assert current_champion(NAME).version == "2"
 
-        # The same app, after a reload: the champion's replies now come from version 2.
-        page.reload()
-        page.wait_for_selector("#message textarea")
+        # The same app, loaded again (a new page load; Playwright's page.reload() stalls on the page's
+        # unload handler): the champion's replies now come from version 2.
+        context.close()
+        context, page = open_app(browser, url)
         send(page, "Show the color grey.")
         wait_for_bot_count(page, 1, "#chat-a")
         assert wait_until_idle(page, "#chat-a", 0.3).strip()
