@@ -103,8 +103,6 @@ class FeedbackCollector:
             if entry.get("status") != "done":
                 raise NotJudgeable(f"this reply did not complete ({entry.get('status')})")
             return entry
-        if entries:  # this session's replies of the model, none of them this text: it was cut off
-            raise NotJudgeable("this reply does not match a finished reply (stopped before it finished?)")
         return {}  # generated before a restart of the app: its settings are unknown
 
     def _save(self, judgement: Judgement) -> str:
