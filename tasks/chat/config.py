@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tasks.chat.feedback.config import FeedbackOptions
 from tasks.chat.llamacpp import LlamaCppOptions
 from tasks.chat.sampling import SamplingSettings
 from tasks.core.config import option, require
@@ -89,6 +90,8 @@ class ChatAppConfig:
         help="shown under the chat",
     )
     privacy_policy_url: str = option("https://example.org/privacy", help="linked as 'Privacy policy' under the chat")
+    # Thumbs up/down and compare picks, stored as preference data (tasks/chat/feedback/).
+    feedback: FeedbackOptions = field(default_factory=FeedbackOptions)
 
     def __post_init__(self) -> None:
         require(

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from tasks.chat.loading import LoadedModel, ModelLoadError, load_chat_model
+from tasks.publishing import PublishError, pinned_uri
 
 
 class ModelPool:
@@ -24,7 +25,12 @@ class ModelPool:
         self._loading: dict[str, threading.Lock] = {}
 
     def get(self, choice: str) -> LoadedModel:
-        choice = choice.strip()
+        """The model for `choice`; a registry alias is looked up on every call, so a promoted
+        version is served from the next reply on (the pool keeps models by pinned URI)."""
+        try:
+            choice = pinned_uri(choice.strip())
+        except PublishError as error:
+            raise ModelLoadError(choice, str(error)) from None
         with self._guard:
             load_lock = self._loading.setdefault(choice, threading.Lock())
         with load_lock:

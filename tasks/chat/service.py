@@ -109,7 +109,7 @@ class ChatService:
                 f"tokens: {trimmed} oldest message(s) were left out or shortened."
             )
             history.append(box(NOTICE_TITLE, notice))
-        entry.update(prompt_tokens=len(prompt_ids), trimmed_messages=trimmed, status="generating")
+        entry.update(served=loaded.name, prompt_tokens=len(prompt_ids), trimmed_messages=trimmed, status="generating")
         reply = {"role": "assistant", "content": ""}
         history.append(reply)
         first_token_at = None

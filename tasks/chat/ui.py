@@ -10,7 +10,9 @@ user gets:
 - compare mode: the same prompt and settings sent to a second choice, streamed side by side;
 - "Advanced options": system prompt and the sampling sliders (tasks/chat/sampling.py), which reach
   `generate` unchanged;
-- the disclaimer and the privacy-policy link; a per-session generation log.
+- the disclaimer and the privacy-policy link; a per-session generation log;
+- feedback (`feedback.enabled`): thumbs on every reply, "left / tie / right" picks in compare mode,
+  "Clear my ratings", and the judgements per model version (tasks/chat/feedback/).
 
 The API: /chat and /compare take the message, the history, the model, the system prompt, then one
 value per sampling setting in declared order; /stop stops the caller's replies.
@@ -27,6 +29,8 @@ import gradio as gr
 
 from tasks.chat.choices import DOCUMENTS, labelled_choices, model_choices
 from tasks.chat.config import ChatAppConfig
+from tasks.chat.feedback import ui as feedback_ui
+from tasks.chat.feedback.collect import FeedbackCollector
 from tasks.chat.history import STORED_KEY, restored, stored
 from tasks.chat.sampling import SETTINGS, SamplingSettings
 from tasks.chat.service import ChatService
@@ -69,10 +73,19 @@ def sliders(start: SamplingSettings) -> list[gr.Slider]:
     ]
 
 
-def build_app(config: ChatAppConfig, service: ChatService | None = None, choices: list[str] | None = None):
+def build_app(
+    config: ChatAppConfig,
+    service: ChatService | None = None,
+    choices: list[str] | None = None,
+    feedback: FeedbackCollector | None = None,
+):
     """The Blocks app. `service` is passed in by callers that want to preload models or look at
-    sessions; `choices` by callers that listed the picker's choices already."""
+    sessions; `choices` by callers that listed the picker's choices already; `feedback` by callers
+    that choose its store or how a choice resolves to a version."""
     service = service or ChatService(config)
+    collecting = config.feedback.enabled
+    feedback = feedback or (FeedbackCollector(config.feedback, service.sessions) if collecting else None)
+    thumbs = ("Like", "Dislike") if collecting else None
     choices = choices if choices is not None else model_choices(config)
     labelled = labelled_choices(choices)
     default = choices[0] if choices else config.models[0]
@@ -102,10 +115,14 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
             )
         with gr.Row():
             with gr.Column():
-                chat_a = gr.Chatbot(label="Chat", elem_id="chat-a", height=420, buttons=["copy"])
+                chat_a = gr.Chatbot(
+                    label="Chat", elem_id="chat-a", height=420, buttons=["copy"], feedback_options=thumbs
+                )
                 notice_a = gr.Markdown(elem_id="notice-a")
             with gr.Column(visible=False) as column_b:
-                chat_b = gr.Chatbot(label="Second model", elem_id="chat-b", height=420, buttons=["copy"])
+                chat_b = gr.Chatbot(
+                    label="Second model", elem_id="chat-b", height=420, buttons=["copy"], feedback_options=thumbs
+                )
                 notice_b = gr.Markdown(elem_id="notice-b")
         with gr.Row():
             textbox = gr.Textbox(
@@ -118,6 +135,7 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
             submit = gr.Button("Submit", variant="primary", elem_id="submit", scale=1)
             stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
             clear = gr.Button("Clear", elem_id="clear", scale=1)
+        controls = feedback_ui.add_controls() if collecting else None
         with gr.Accordion("Advanced options", open=False, elem_id="advanced"):
             system_prompt = gr.Textbox(
                 config.system_prompt,
@@ -131,7 +149,12 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
             generation_log = gr.Textbox(
                 "[]", show_label=False, lines=6, max_lines=24, interactive=False, elem_id="generation-log"
             )
-        gr.Markdown(f"{config.disclaimer}\n\n[Privacy policy]({config.privacy_policy_url})", elem_id="disclaimer")
+            if controls:
+                feedback_ui.add_stats(controls)
+        notice = f"\n\n{config.feedback.notice}" if collecting else ""
+        gr.Markdown(
+            f"{config.disclaimer}{notice}\n\n[Privacy policy]({config.privacy_policy_url})", elem_id="disclaimer"
+        )
 
         # The conversation in the browser's storage: a reload, or another replica, picks it up.
         saved = gr.BrowserState(
@@ -225,6 +248,11 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
             concurrency_limit=None,
         )
         app.load(restored, saved, chat_a, api_visibility="private", concurrency_limit=None)
+        if controls:
+            show_stats = feedback_ui.wire(
+                controls, feedback, (chat_a, chat_b), (model_a, model_b), system_prompt, compare
+            )
+            app.load(show_stats, None, controls.stats, api_visibility="private", concurrency_limit=None)
         if config.list_registry:
             app.load(refresh_choices, None, [model_a, model_b], api_visibility="private", concurrency_limit=None)
 
@@ -234,4 +262,5 @@ def build_app(config: ChatAppConfig, service: ChatService | None = None, choices
         app.unload(forget_session)
     app.queue(max_size=config.server.max_queue, default_concurrency_limit=config.server.concurrency_limit)
     app.chat_service = service  # for the flow's preload and for tests that inspect the server side
+    app.feedback = feedback
     return app

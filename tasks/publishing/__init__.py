@@ -19,6 +19,7 @@ from tasks.publishing.champion import (
 from tasks.publishing.errors import PublishError, VerificationError
 from tasks.publishing.export import ExportOptions, GgufExport, UnsupportedExport, export_gguf, export_to_run
 from tasks.publishing.fetch import fetch_adapter, fetched_adapter
+from tasks.publishing.pinning import pinned_uri
 from tasks.publishing.publish import publish_adapter
 from tasks.publishing.staging import save_adapter
 from tasks.publishing.target import Published
@@ -60,6 +61,7 @@ __all__ = [
     "is_adapter_uri",
     "model_card",
     "needs_hub_token",
+    "pinned_uri",
     "promote_if_better",
     "publish_adapter",
     "publish_logs_adapter",

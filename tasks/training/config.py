@@ -45,7 +45,8 @@ class DataOptions:
     train: str = option(
         "pypi:chatterbot-corpus/english",
         help="training data: a Hub dataset id, a local "
-        "json/jsonl/parquet/csv file, or pypi:chatterbot-corpus/LANGUAGE (the offline demo)",
+        "json/jsonl/parquet/csv file, or pypi:chatterbot-corpus/LANGUAGE (the offline demo); "
+        "dpo-finetune also takes 'feedback': the chat app's judgements as feedback-export wrote them",
     )
     eval: str | None = option(None, help="held-out data, same forms as data.train; default: split off data.train")
     format: Literal["auto", "alpaca", "prompt_completion", "messages", "sharegpt"] = option(

@@ -15,7 +15,8 @@ Formats, detected per row:
   prompt is the shared text up to the last shared "\\n\\nAssistant:" (a naive split breaks: some
   replies themselves contain "\\n\\nHuman:"), split into user/assistant turns.
 
-Sources are those of `tasks.training.rows.read_records` (local json/jsonl/parquet/csv, a Hub id). The offline
+Sources are those of `tasks.training.rows.read_records` (local json/jsonl/parquet/csv, a Hub id), and
+`feedback`: the pairs `feedback-export` made from the chat app's judgements, with its split. The offline
 demo, `pypi:chatterbot-corpus/LANGUAGE`, builds pairs from the dialogue corpus shipped on PyPI:
 the corpus reply to a question is preferred over a reply taken from a conversation on another topic.
 
@@ -25,6 +26,7 @@ are reported with file and row number (`data.on_bad_rows`: fail before training,
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import Counter
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tasks.core import models
+from tasks.core.defaults import FEEDBACK_DATASET, feedback_dataset_dir
 from tasks.training.config import DataOptions, ModelOptions
 from tasks.training.rows import (
     CHATTERBOT,
@@ -294,12 +297,27 @@ def _split_by_prompt(
     return train, held_out
 
 
+def feedback_sources(options: DataOptions) -> DataOptions:
+    """`data.train: feedback`: the files feedback-export wrote last, with its own prompt-grouped split
+    as the held-out pairs (unless data.eval names other ones)."""
+    if options.train != FEEDBACK_DATASET:
+        return options
+    folder = feedback_dataset_dir()
+    train, held_out = folder / "train.jsonl", folder / "eval.jsonl"
+    if not train.is_file() or not held_out.is_file():
+        raise DataError(
+            f"data.train: {FEEDBACK_DATASET}: no exported feedback pairs in {folder}; "
+            "run feedback-export first (python -m flows.feedback_export)"
+        )
+    return dataclasses.replace(options, train=str(train), eval=options.eval or str(held_out))
+
+
 def load_preferences(options: DataOptions, tokenizer=None, max_prompt_tokens: int | None = None) -> PreferenceData:
     """Train and held-out pairs in the internal shape, prompts fitted to `max_prompt_tokens`.
 
     The format of each row is detected by itself (`options.format` is for instruction data).
     """
-    o = options
+    o = feedback_sources(options)
     train_pairs, bad, formats = read_pairs(o.train, o.split, o.system_prompt, o.seed, o.data_dir)
     if o.eval:
         eval_pairs, eval_bad, eval_formats = read_pairs(o.eval, o.split, o.system_prompt, o.seed, o.data_dir)

@@ -42,6 +42,7 @@ def test_every_flow_deploys_and_both_training_flows_run_to_completed(local_stack
         "dpo-finetune/dpo-finetune",
         "pdf-index/pdf-index",
         "pdf-index/nightly-reindex",
+        "feedback-export/nightly-feedback-export",
         "rag-query/rag-query",
         "rag-eval/rag-eval",
         "chat-app/chat-app",
