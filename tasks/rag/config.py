@@ -55,6 +55,13 @@ class StoreOptions:
     token_env: str | None = option(
         None, help="name of an environment variable holding the server's token or API key (never the secret itself)"
     )
+    read_consistency: Literal["strong", "bounded"] = option(
+        "strong",
+        help="Milvus server searches: strong sees every write acknowledged before the query (a server "
+        "answers at its next time tick, ~200 ms on Milvus 2.3); bounded answers at once from data at "
+        "most the server's graceful time old (common.gracefulTime, 5 s by default): for query servers "
+        "under load. Writes are always strong; Milvus Lite ignores it",
+    )
 
     def __post_init__(self) -> None:
         require(

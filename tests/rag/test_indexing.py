@@ -52,6 +52,8 @@ def test_chunk_options_are_checked():
         load_config(PdfIndexConfig, CONFIG, ["chunk.size=100", "chunk.overlap=100"])
     with pytest.raises(ConfigError, match="unknown key 'chunk.sise'"):
         load_config(PdfIndexConfig, CONFIG, ["chunk.sise=100"])
+    with pytest.raises(ConfigError, match="store.read_consistency"):
+        load_config(PdfIndexConfig, CONFIG, ["store.read_consistency=eventually"])
 
 
 def test_keyword_terms_drop_stopwords_and_match_inflections():

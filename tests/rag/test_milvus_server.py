@@ -6,6 +6,8 @@ stops (a killed server loses unflushed rows).
 
 from __future__ import annotations
 
+import time
+
 from tasks.core.config import load_config
 from tasks.rag import retrieval
 from tasks.rag.config import RagConfig
@@ -26,8 +28,17 @@ def test_index_retrieve_and_reindex_on_a_milvus_server(prefect_harness, milvus_s
     chunks = sum(r["chunks"] for r in first.values())
     assert count_vectors(milvus_server, "server_test") == chunks  # flushed by the flow
 
+    indexed_at = time.monotonic()
     config = load_config(RagConfig, "configs/rag.yaml", overrides)
     sources = retrieval.retrieve("What is the capital of Finland?", config, k=3)
+    assert sources[0]["source"].endswith("multicolumn.pdf") and "Helsinki" in sources[0]["text"]
+
+    # Bounded reads see a snapshot at most the server's graceful time (5 s) old: past it, the same
+    # answer, without waiting for the server's next time tick.
+    bounded = load_config(RagConfig, "configs/rag.yaml", [*overrides, "store.read_consistency=bounded"])
+    assert retrieval.open_index(bounded)[0].search_kwargs == {"consistency_level": "Bounded"}
+    time.sleep(max(0.0, 6 - (time.monotonic() - indexed_at)))
+    sources = retrieval.retrieve("What is the capital of Finland?", bounded, k=3)
     assert sources[0]["source"].endswith("multicolumn.pdf") and "Helsinki" in sources[0]["text"]
 
     (docs / "crazyones-pdfa.pdf").unlink()

@@ -73,12 +73,18 @@ def open_milvus(options: StoreOptions, embeddings: Embeddings) -> OpenStore:
             index_params=SERVER_INDEX if server else LITE_INDEX,
             search_params=SERVER_SEARCH if server else LITE_SEARCH,
             auto_id=False,
-            # Strong reads: a query right after an upsert sees it (the default, Session, is per client).
+            # Strong by default: a query right after an upsert sees it (Milvus' default, Session, is per
+            # client); searches may ask for less (store.read_consistency).
             consistency_level="Strong",
         )
     except MilvusException as error:
         raise StoreUnavailable(unavailable(where, server, error.message)) from None
-    return OpenStore(vectors, flush=lambda: _flush(vectors), close=lambda: _close(vectors, where, server))
+    # Searches may read a slightly older snapshot than writes (store.read_consistency): on a server a
+    # strong search waits for the next time tick, which dominates a HNSW search's own milliseconds.
+    reads = {"consistency_level": "Bounded"} if server and options.read_consistency == "bounded" else {}
+    return OpenStore(
+        vectors, flush=lambda: _flush(vectors), close=lambda: _close(vectors, where, server), search_kwargs=reads
+    )
 
 
 def unavailable(where: str, server: bool, reason: str) -> str:
