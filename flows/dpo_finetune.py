@@ -107,6 +107,7 @@ def dpo_finetune(config: str = DEFAULT_CONFIG, overrides: list[str] | None = Non
         if cfg.train.launcher == "torchrun":
             run.train, base, trained = train_distributed(prefs, cfg, run_id, token)
             model = reload_trained_adapter(model, cfg.train, run.train)
+            trainer, _ = prepare_trainer(model, tokenizer, prefs, cfg, placement)  # scores a champion here
         else:
             trainer, output_dir = prepare_trainer(model, tokenizer, prefs, cfg, placement)
             base = evaluate_untrained(trainer, cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,28 @@ def isolated_data_dir(tmp_path_factory):
     torch.set_num_threads(1)
     yield folder
     for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def mlflow_globals_restored():
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI and set_experiment() keeps a process-wide
+    experiment id: a test that sets either must not hand its store or experiment to the tests after it."""
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID")}
+    yield
+    if "mlflow" not in sys.modules:
+        return
+    import mlflow
+    import mlflow.tracking.fluent as fluent
+
+    while mlflow.active_run():
+        mlflow.end_run()
+    mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])
+    fluent._active_experiment_id = None
+    for key, value in before.items():
         if value is None:
             os.environ.pop(key, None)
         else:

@@ -124,6 +124,7 @@ def test_an_architecture_llamacpp_cannot_take_fails_with_the_reason_and_is_recor
     with pytest.raises(UnsupportedExport, match="llama.cpp has no architecture named 'opt'"):
         export_gguf(adapter, tmp_path / "out", ExportOptions())
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("export")  # this store's own: not whichever experiment the process used last
     with mlflow.start_run() as run:
         reason = export_to_run(adapter, ExportOptions())  # what the training flows call after publishing
     assert reason == "UnsupportedExport: llama.cpp has no architecture named 'opt' (gguf 0.19.0)"

@@ -36,7 +36,7 @@ def run(args: list[str], env: dict, timeout: float = 300) -> str:
 def test_every_flow_deploys_and_both_training_flows_run_to_completed(local_stack, tiny_model_dir, tmp_path):
     env = local_stack
     out = run([PREFECT, "--no-prompt", "deploy", "--all"], env)
-    listed = run([PREFECT, "deployment", "ls"], env)
+    listed = run([PREFECT, "deployment", "ls"], {**env, "COLUMNS": "300"})  # wide enough for every name
     for name in (
         "lora-finetune/lora-finetune",
         "dpo-finetune/dpo-finetune",
