@@ -83,7 +83,7 @@ class ChatService:
         try:
             loaded = self.pool.get(choice)
         except ModelLoadError as error:
-            entry["status"] = "load-failed"
+            entry.update(status="load-failed", error=error.reason)
             self.sessions.record(session, entry)
             text = f"Could not load {choice}: {error.reason}. Pick another model; the others still work."
             yield [*history, box(ERROR_TITLE, text)], f"⚠️ {text}"
