@@ -6,6 +6,7 @@ history: shown to the user, never sent back into the model's prompt.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -23,6 +24,12 @@ def message_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(message_text(part) for part in content)
     return ""
+
+
+def reply_key(text: str) -> str:
+    """A short fingerprint of a reply's text, blind to whitespace: Gradio tidies a message's
+    whitespace (inspect.cleandoc) on its way to the browser, so the text it hands back can differ there."""
+    return hashlib.sha256(" ".join(text.split()).encode()).hexdigest()[:16]
 
 
 def model_messages(history: list[dict], system_prompt: str) -> list[dict]:

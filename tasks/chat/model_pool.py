@@ -13,7 +13,7 @@ from tasks.publishing import PublishError, pinned_uri
 class ModelPool:
     """Models loaded on first use and kept (up to `max_loaded`); a failed load is reported, not kept.
 
-    Loading is serialized per choice, so ten users picking the same adapter load it once.
+    Loading is serialized, so ten users picking the same adapter load it once.
     """
 
     def __init__(self, max_loaded: int = 3, placement=None):
@@ -23,6 +23,9 @@ class ModelPool:
         self._lru: list[str] = []
         self._guard = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
+        # One load at a time across choices: transformers' from_pretrained flips process-wide state
+        # (torch's default dtype) while it builds a model, so two loads in parallel can break each other.
+        self._one_load = threading.Lock()
 
     def get(self, choice: str) -> LoadedModel:
         """The model for `choice`; a registry alias is looked up on every call, so a promoted
@@ -38,7 +41,8 @@ class ModelPool:
                 if choice in self._loaded:
                     self._touch(choice)
                     return self._loaded[choice]
-            loaded = load_chat_model(choice, self.placement)  # raises ModelLoadError
+            with self._one_load:
+                loaded = load_chat_model(choice, self.placement)  # raises ModelLoadError
             with self._guard:
                 self._loaded[choice] = loaded
                 self._touch(choice)

@@ -17,7 +17,15 @@ from typing import Any
 from tasks.chat.choices import DOCUMENTS, Endpoint, endpoint_of
 from tasks.chat.config import ChatAppConfig
 from tasks.chat.generation import GenerationError, stream_reply
-from tasks.chat.history import ERROR_TITLE, NOTICE_TITLE, SOURCES_TITLE, box, format_sources, model_messages
+from tasks.chat.history import (
+    ERROR_TITLE,
+    NOTICE_TITLE,
+    SOURCES_TITLE,
+    box,
+    format_sources,
+    model_messages,
+    reply_key,
+)
 from tasks.chat.loading import LoadedModel, ModelLoadError
 from tasks.chat.model_pool import ModelPool
 from tasks.chat.prompts import PromptTooLongError, build_prompt
@@ -75,7 +83,7 @@ class ChatService:
         try:
             loaded = self.pool.get(choice)
         except ModelLoadError as error:
-            entry["status"] = "load-failed"
+            entry.update(status="load-failed", error=error.reason)
             self.sessions.record(session, entry)
             text = f"Could not load {choice}: {error.reason}. Pick another model; the others still work."
             yield [*history, box(ERROR_TITLE, text)], f"⚠️ {text}"
@@ -133,6 +141,7 @@ class ChatService:
                 stream.close()  # joins the generation thread: the model is free when this returns
                 entry.update(
                     reply_chars=len(reply["content"]),
+                    reply_key=reply_key(reply["content"]),  # how a vote finds the generation it judges
                     reply_tokens=len(loaded.tokenizer.encode(reply["content"], add_special_tokens=False)),
                     time_to_first_token_s=round(first_token_at - started, 3) if first_token_at else None,
                     seconds=round(time.monotonic() - started, 3),
@@ -194,6 +203,7 @@ class ChatService:
                 stream.close()  # closes the HTTP response: the server ends the request and frees its slot
                 entry.update(
                     reply_chars=len(reply["content"]),
+                    reply_key=reply_key(reply["content"]),  # how a vote finds the generation it judges
                     time_to_first_token_s=round(first_token_at - started, 3) if first_token_at else None,
                     seconds=round(time.monotonic() - started, 3),
                 )

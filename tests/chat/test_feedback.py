@@ -12,6 +12,7 @@ from tasks.chat.feedback.config import FeedbackOptions
 from tasks.chat.feedback.pairing import make_pairs, split_pairs, version_stats
 from tasks.chat.feedback.records import Judgement
 from tasks.chat.feedback.store import FeedbackStore, FeedbackStoreError, as_judgement
+from tasks.chat.history import reply_key
 from tasks.chat.sessions import Sessions
 
 
@@ -139,7 +140,9 @@ def collector_for(tmp_path, entries):
 
 def test_rating_a_reply_stores_the_conversation_up_to_it_with_settings_and_version(tmp_path):
     settings = {"temperature": 0.3}
-    collector = collector_for(tmp_path, [{"model": "m", "reply_chars": 10, "status": "done", "settings": settings}])
+    # The server generated "Sure thing\n"; Gradio hands the text back tidied, the vote still finds it.
+    entry = {"model": "m", "reply_key": reply_key("Sure thing\n"), "status": "done", "settings": settings}
+    collector = collector_for(tmp_path, [entry])
     # Gradio reports the first message of a group: here the notice box before the reply.
     assert collector.rate(HISTORY, 3, True, "m", "Be brief.", "s1").startswith("✅")
     (row,) = collector.store.rows()
@@ -151,7 +154,10 @@ def test_rating_a_reply_stores_the_conversation_up_to_it_with_settings_and_versi
 
 
 def test_stopped_running_and_error_replies_are_refused(tmp_path):
-    collector = collector_for(tmp_path, [{"model": "m", "reply_chars": 10, "status": "stopped"}])
+    # The page shows "Sure thing", a part of what the server had generated when it was stopped.
+    stopped = {"model": "m", "reply_key": reply_key("Sure thing, and then"), "status": "stopped"}
+    done = {"model": "m", "reply_key": reply_key("Hi there"), "status": "done"}
+    collector = collector_for(tmp_path, [done, stopped])
     assert "stopped before it finished" in collector.rate(HISTORY, 4, True, "m", "", "s1")
     assert "only the model's replies" in collector.rate(HISTORY, 0, True, "m", "", "s1")
     with collector.sessions.generation("s1"):

@@ -121,3 +121,18 @@ def test_compare_picks_double_click_clear_and_a_locked_database(page, chat_serve
     page.click("#clear-ratings")
     feedback_message(page, "Deleted 1")
     assert session_rows(chat_server, session) == []
+
+
+def test_a_stopped_reply_cannot_be_rated(page, chat_server):
+    pick_model(page, chat_server.slow)
+    page.click("#advanced button")
+    set_slider(page, "max-new-tokens", 2000)
+    send(page, "A long story please")
+    page.wait_for_function("""() => [...document.querySelectorAll('#chat-a [data-testid="bot"]')]
+                              .some(el => el.innerText.trim().length > 5)""")
+    page.click("#stop")
+    wait_until_idle(page, quiet_s=1.5)
+    session = session_of(page, chat_server)
+    thumb(page, "Like").click()
+    assert "stopped before it finished" in feedback_message(page, "Not stored")  # never stored, whatever the timing
+    assert session_rows(chat_server, session) == []

@@ -16,7 +16,7 @@ from tasks.chat.feedback.config import FeedbackOptions
 from tasks.chat.feedback.pairing import version_stats
 from tasks.chat.feedback.records import Judgement
 from tasks.chat.feedback.store import FeedbackStore, FeedbackStoreError, as_judgement
-from tasks.chat.history import message_text, model_messages
+from tasks.chat.history import message_text, model_messages, reply_key
 from tasks.chat.sessions import Sessions
 from tasks.publishing import PublishError, pinned_uri
 
@@ -93,17 +93,19 @@ class FeedbackCollector:
         """The generation-log entry of the reply: its status and sampling settings."""
         if self.sessions.running_count(session):
             raise NotJudgeable("a reply is still being generated: rate it once it is finished")
-        entries = [e for e in reversed(self.sessions.log(session)) if e.get("model") == model and "reply_chars" in e]
-        # A stopped reply's last streamed text can be shorter than what the server had generated.
-        exact = [e for e in entries if e["reply_chars"] == len(reply)]
-        cut = [e for e in entries if e.get("status") == "stopped" and e["reply_chars"] >= len(reply)]
-        for entry in exact or cut:
-            if entry.get("status") == "stopped":
-                raise NotJudgeable("this reply was stopped before it finished; partial replies are not rated")
-            if entry.get("status") != "done":
-                raise NotJudgeable(f"this reply did not complete ({entry.get('status')})")
-            return entry
-        return {}  # generated before a restart of the app: its settings are unknown
+        entries = [e for e in reversed(self.sessions.log(session)) if e.get("model") == model and "reply_key" in e]
+        key = reply_key(reply)
+        for entry in entries:
+            if entry["reply_key"] == key:
+                if entry.get("status") == "stopped":
+                    raise NotJudgeable("this reply was stopped before it finished; partial replies are not rated")
+                if entry.get("status") != "done":
+                    raise NotJudgeable(f"this reply did not complete ({entry.get('status')})")
+                return entry
+        # The page can hold less of a stopped reply than the server had generated when it stopped.
+        if any(e.get("status") == "stopped" for e in entries):
+            raise NotJudgeable("this reply was stopped before it finished; partial replies are not rated")
+        return {}  # generated before a restart of the app or older than the log: its settings are unknown
 
     def _save(self, judgement: Judgement) -> str:
         try:
