@@ -23,7 +23,7 @@ from tasks.rag.config import PdfIndexConfig
 from tasks.rag.pdfs import FetchOptions, PdfError
 from tests.doubles.flaky_http import FlakyServer
 from tests.support.processes import child_env, kill_group, run_flow, start_flow, wait_for
-from tests.support.rag import GOOD_PDFS
+from tests.support.rag import GOOD_PDFS, milvus_rows
 
 pytestmark = pytest.mark.timeout(600)  # flows in child processes on a loaded 2-core machine
 
@@ -88,26 +88,6 @@ def test_a_truncated_download_is_reported_as_corrupt(flaky):
 
 
 # --- the flow ---------------------------------------------------------------------------------
-
-
-def vectors(index_file: Path, collection: str = "pdf_chunks") -> list[dict]:
-    """Every row of the collection (source, chunk_id), read with a client of its own."""
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=str(index_file))
-    try:
-        if not client.has_collection(collection):
-            return []
-        client.load_collection(collection)  # a fresh client finds the collection released
-        return client.query(
-            collection,
-            filter='chunk_id != ""',
-            output_fields=["source", "chunk_id"],
-            limit=16000,
-            consistency_level="Strong",
-        )
-    finally:
-        client.close()
 
 
 def expected_chunk_ids(folder: Path, overrides: list[str]) -> dict[str, set[str]]:
@@ -175,7 +155,7 @@ def test_killed_indexing_leaves_exactly_the_current_sources_after_a_rerun(prefec
     assert all(s in ("unchanged", "indexed", "deleted") for s in statuses.values()), statuses
 
     expected = expected_chunk_ids(docs, overrides)
-    rows = vectors(index_file)
+    rows = milvus_rows(str(index_file))
     ids = [row["chunk_id"] for row in rows]
     assert len(ids) == len(set(ids)), "duplicate chunks in the store"
     assert set(ids) == set().union(*expected.values()), "orphaned or missing chunks"
@@ -210,4 +190,4 @@ def test_flaky_and_hanging_sources_in_one_run(prefect_server, sample_data, flaky
     assert report[sources[1]]["status"] == "failed"
     assert report[sources[1]]["reason"] == "timed out after 1 s (ReadTimeout) (gave up after 3 attempts)"
     assert report[str(local.resolve())]["status"] == "indexed"
-    assert {row["source"] for row in vectors(tmp_path / "index.db")} == {sources[0], str(local.resolve())}
+    assert {row["source"] for row in milvus_rows(str(tmp_path / "index.db"))} == {sources[0], str(local.resolve())}

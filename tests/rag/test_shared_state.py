@@ -22,7 +22,7 @@ from tasks.rag.config import PdfIndexConfig, RagConfig
 from tests.support.chat import free_port
 from tests.support.postgres import PASSWORD
 from tests.support.processes import child_env, kill_group, mlflow_runs, run_flow, start_flow, wait_for
-from tests.support.rag import GOOD_PDFS, by_name, pdf_folder
+from tests.support.rag import GOOD_PDFS, by_name, milvus_rows, pdf_folder
 
 pytestmark = pytest.mark.timeout(900)  # flows in child processes and Dask workers on a loaded 2-core machine
 
@@ -45,25 +45,6 @@ def completed(url: str, collection: str) -> list[str]:
             return [row[0] for row in rows]
     except psycopg.errors.UndefinedTable:
         return []
-
-
-def milvus_rows(uri: str, collection: str) -> list[dict]:
-    from pymilvus import MilvusClient
-
-    client = MilvusClient(uri=uri)
-    try:
-        if not client.has_collection(collection):
-            return []
-        client.load_collection(collection)
-        return client.query(
-            collection,
-            filter='chunk_id != ""',
-            output_fields=["source", "chunk_id"],
-            limit=16000,
-            consistency_level="Strong",
-        )
-    finally:
-        client.close()
 
 
 def expected_chunk_ids(folder: Path, overrides: list[str]) -> set[str]:

@@ -30,6 +30,26 @@ def by_name(reports: list[dict]) -> dict[str, dict]:
     return {Path(r["source"]).name: r for r in reports}
 
 
+def milvus_rows(uri: str, collection: str = "pdf_chunks") -> list[dict]:
+    """Every row of a Milvus collection (source, chunk_id), read with a client of its own."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=uri)
+    try:
+        if not client.has_collection(collection):
+            return []
+        client.load_collection(collection)  # a fresh client finds the collection released
+        return client.query(
+            collection,
+            filter='chunk_id != ""',
+            output_fields=["source", "chunk_id"],
+            limit=16000,
+            consistency_level="Strong",
+        )
+    finally:
+        client.close()
+
+
 def count_vectors(uri: str, collection: str = "pdf_chunks") -> int:
     """Rows in a Milvus collection, read with a client of its own."""
     from pymilvus import MilvusClient
