@@ -93,24 +93,29 @@ def pick_model(page, value: str, dropdown: str = "#model-a") -> None:
     page.click(f"{dropdown} input")
     # The open dropdown's options are rendered as one listbox (not inside the dropdown's block).
     page.locator("ul.option-list li[role=option]").filter(has_text=value).first.click()
-    page.wait_for_function(f"""() => document.querySelector('{dropdown} input').value.endsWith({json.dumps(value)})""")
+    page.wait_for_function(
+        f"""() => (document.querySelector('{dropdown} input')?.value ?? '').endsWith({json.dumps(value)})"""
+    )
 
 
 def set_slider(page, elem_id: str, value: float) -> None:
     """Move the slider itself (its range input), as a user dragging it does."""
-    shown = f"""() => document.querySelector('#{elem_id} input[type=number]').value == '{value}'"""
+    shown = f"""() => document.querySelector('#{elem_id} input[type=number]')?.value == '{value}'"""
     # A move made while the accordion is still opening can be lost (seen under load): move it again,
     # as a person would, until the slider's number box shows the value.
+    # The value must also stay: a move made before the page finished loading can be reset by it.
     for _ in range(5):
         slider = page.locator(f"#{elem_id} input[type=range]")
+        slider.wait_for(state="visible")
         slider.fill(str(value))
         slider.dispatch_event("change")  # the release at the end of a drag: Gradio commits the value then
         try:
             page.wait_for_function(shown, timeout=5000)
-            page.wait_for_timeout(300)  # let the committed value settle before the next click
-            return
         except PlaywrightTimeout:
             continue
+        page.wait_for_timeout(1000)
+        if page.evaluate(shown):
+            return
     page.wait_for_function(shown)
 
 

@@ -46,9 +46,10 @@ def feedback_stats(page, version: str | None = None) -> dict:
     """The per-version statistics panel (inside the generation-log accordion), once it names `version`."""
     if not page.locator("#feedback-stats textarea").is_visible():
         page.locator("#generation-log-box").locator("button").first.click()
+    page.locator("#feedback-stats textarea").wait_for(state="visible")  # the accordion renders it on opening
     if version:
         page.wait_for_function(
-            f"() => document.querySelector('#feedback-stats textarea').value.includes({json.dumps(version)})"
+            f"() => (document.querySelector('#feedback-stats textarea')?.value ?? '').includes({json.dumps(version)})"
         )
     return json.loads(page.locator("#feedback-stats textarea").input_value())
 
