@@ -96,9 +96,7 @@ def haproxy(replicas: dict[str, int], folder: Path) -> Iterator[Proxy]:
         process = subprocess.Popen([binary, "-f", str(CONFIG)], env=env, stdout=log, stderr=subprocess.STDOUT)
     proxy = Proxy(f"http://127.0.0.1:{port}/", port, admin_socket, log_file, process)
     try:
-        wait_for(
-            lambda: process.poll() is not None or admin_socket.exists(), 10, "HAProxy's runtime API socket"
-        )
+        wait_for(lambda: process.poll() is not None or admin_socket.exists(), 10, "HAProxy's runtime API socket")
         if process.poll() is not None:
             raise AssertionError(f"HAProxy exited with {process.returncode}:\n{log_file.read_text()}")
         yield proxy
