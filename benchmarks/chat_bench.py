@@ -4,17 +4,24 @@
 
 Both paths are measured in the same run, one after the other: the in-process path (the config's
 first model, transformers) and the llama.cpp path (the same model's GGUF in llama.cpp's server,
-`--llamacpp-parallel` slots, streamed over its OpenAI-compatible API by the app's openai backend).
+`--llamacpp-parallel` slots, streamed over its OpenAI-compatible API by the app's openai backend),
+with `--llamacpp-threads` (default: `llamacpp.threads`) and, for the one-user numbers, also with
+`--baseline-llamacpp-threads` (the previous default, 2). Each server answers one warm-up request
+when it starts (`tasks.chat.llamacpp.warm_up`); its time is reported.
 
 1. Generation alone (`tasks.chat.generation.stream_reply`, greedy, 64 new tokens, median of 3 runs) for a
    short and a long prompt: time to first token (prompt processing + first token) and decode
    tokens/s (the tokens after the first, over the time after the first).
-2. The served app (`tasks.chat.ui`, real Gradio server on 127.0.0.1): `--users` gradio_client
+2. One user through the served app on llama.cpp (`--runs` messages, median): the time to the first
+   token a gradio_client sees, queue join, SSE, the backend's HTTP request and llama.cpp included.
+3. The served app (`tasks.chat.ui`, real Gradio server on 127.0.0.1): `--users` gradio_client
    clients send one message each at the same moment; per-user latency to the first streamed token
    and to the full reply, p50/p95. The app queue is bounded (server.max_queue) and generates
    server.concurrency_limit replies at once.
 
-Writes benchmarks/results/chat_bench.json and .md. The long prompt is made of Alpaca rows read from
+Prints a PASS/FAIL line against issue #12's one-user targets (llama.cpp path, short prompt, one user
+through the app: first token <= 0.5 s; decode >= 30 tokens/s). Writes
+benchmarks/results/chat_bench.json and .md. The long prompt is made of Alpaca rows read from
 alpaca_5000.json in the benchmark data folder (--data, $FTLLM_BENCH_DATA: benchmarks/bench_data.py,
 docs/data.md).
 """
@@ -41,6 +48,8 @@ from benchmarks import bench_data  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SHORT_PROMPT = "Write a short paragraph about the history of Paris."
+TARGET_TTFT_S = 0.5  # issue #12: one user, through the app
+TARGET_DECODE_TOKENS_S = 30.0
 
 
 def long_prompt(tokenizer, alpaca: Path, target_tokens: int = 1000) -> str:
@@ -205,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--user-max-new-tokens", type=int, default=32)
     parser.add_argument("--llamacpp-parallel", type=int, default=10, help="llama.cpp server slots")
-    parser.add_argument("--llamacpp-threads", type=int, default=2, help="llama.cpp CPU threads")
+    parser.add_argument("--llamacpp-threads", type=int, help="llama.cpp CPU threads; default: llamacpp.threads")
+    parser.add_argument(
+        "--baseline-llamacpp-threads", type=int, default=2, help="llama.cpp threads of the one-user baseline rows"
+    )
     bench_data.add_data_argument(parser)
     args = parser.parse_args(argv)
     alpaca = bench_data.data_file(bench_data.data_folder(args.data), "alpaca_5000.json")
@@ -221,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.core.config import load_config
 
     torch.set_num_threads(args.threads)
+    llama_threads = args.llamacpp_threads or LlamaCppOptions.threads
     config = load_config(ChatAppConfig, args.config, [f"server.port={free_port()}", "list_registry=false"])
     model = config.models[0]
     service = ChatService(config)
@@ -236,22 +249,42 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": os.getloadavg(),
         "model_load_s": load_s,
         "context_length": loaded.context_length,
-        "command": "python benchmarks/chat_bench.py " + " ".join(argv or sys.argv[1:]),
+        "command": "python benchmarks/chat_bench.py " + " ".join(sys.argv[1:] if argv is None else argv),
     }
     long_text = long_prompt(loaded.tokenizer, alpaca)
     report["short_prompt"] = time_generation(loaded, SHORT_PROMPT, args.max_new_tokens, args.runs)
     report["long_prompt"] = time_generation(loaded, long_text, args.max_new_tokens, args.runs)
-    # The llama.cpp path: the same GGUF, and enough context per slot for the long prompt.
-    llama_options = LlamaCppOptions(
-        enabled=True,
-        model=model,
-        parallel=args.llamacpp_parallel,
-        context=4096 * args.llamacpp_parallel,
-        threads=args.llamacpp_threads,
-    )
-    llama = start_llamacpp(llama_options)
+
+    def llama_server(threads: int):
+        """The llama.cpp path: the same GGUF, and enough context per slot for the long prompt."""
+        return start_llamacpp(
+            LlamaCppOptions(
+                enabled=True,
+                model=model,
+                parallel=args.llamacpp_parallel,
+                context=4096 * args.llamacpp_parallel,
+                threads=threads,
+            )
+        )
+
+    if args.baseline_llamacpp_threads != llama_threads:
+        baseline = llama_server(args.baseline_llamacpp_threads)
+        try:
+            report["baseline"] = {"threads": args.baseline_llamacpp_threads, "warm_up_s": baseline.warm_up_seconds}
+            for name, text in (("short", SHORT_PROMPT), ("long", long_text)):
+                report[f"baseline_{name}_prompt"] = time_llamacpp(
+                    baseline.base_url, baseline.alias, text, args.max_new_tokens, args.runs
+                )
+        finally:
+            baseline.stop()
+            del baseline
+    llama = llama_server(llama_threads)
     endpoint = Endpoint(llama.alias, llama.base_url).choice
-    report["llamacpp"] = {"parallel": args.llamacpp_parallel, "threads": args.llamacpp_threads}
+    report["llamacpp"] = {
+        "parallel": args.llamacpp_parallel,
+        "threads": llama_threads,
+        "warm_up_s": llama.warm_up_seconds,
+    }
     report["llamacpp_short_prompt"] = time_llamacpp(
         llama.base_url, llama.alias, SHORT_PROMPT, args.max_new_tokens, args.runs
     )
@@ -268,6 +301,15 @@ def main(argv: list[str] | None = None) -> int:
             app = build_app(app_config, ChatService(app_config, service.pool), [choice])
             url = launch(app, app_config)
             try:
+                if key == "llamacpp_app":  # one user first, alone on the server
+                    alone = [concurrent_users(url, choice, 1, args.max_new_tokens) for _ in range(args.runs)]
+                    report["llamacpp_app_one_user"] = {
+                        "max_new_tokens": args.max_new_tokens,
+                        "runs": args.runs,
+                        "ok": sum(a["ok"] for a in alone),
+                        "first_token_s": statistics.median(a["first_token_p50_s"] for a in alone),
+                        "reply_s": statistics.median(a["latency_p50_s"] for a in alone),
+                    }
                 report[key] = {
                     "concurrency_limit": app_config.server.concurrency_limit,
                     "max_queue": app_config.server.max_queue,
@@ -286,9 +328,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report["app"]["ok"] == report["llamacpp_app"]["ok"] == args.users else 1
 
 
+def verdict(r: dict) -> str:
+    """Issue #12's one-user targets on the llama.cpp path."""
+    first = r["llamacpp_app_one_user"]["first_token_s"]
+    decode = r["llamacpp_short_prompt"]["decode_tokens_per_s"]
+    fails = []
+    if not first <= TARGET_TTFT_S:
+        fails.append(f"first token through the app {first:.2f} s > {TARGET_TTFT_S} s")
+    if not decode >= TARGET_DECODE_TOKENS_S:
+        fails.append(f"decode {decode:.1f} tokens/s < {TARGET_DECODE_TOKENS_S:.0f}")
+    return "PASS" if not fails else "FAIL (" + "; ".join(fails) + ")"
+
+
 def _generation_rows(r: dict) -> list[str]:
     rows = []
-    for path, prefix in (("transformers, in process", ""), ("llama.cpp server", "llamacpp_")):
+    paths = [("transformers, in process", "")]
+    if "baseline" in r:
+        paths.append((f"llama.cpp server, {r['baseline']['threads']} threads (baseline)", "baseline_"))
+    paths.append((f"llama.cpp server, {r['llamacpp']['threads']} threads", "llamacpp_"))
+    for path, prefix in paths:
         for name in ("short", "long"):
             m = r[f"{prefix}{name}_prompt"]
             rows.append(
@@ -311,7 +369,10 @@ def _app_rows(r: dict) -> list[str]:
 
 
 def markdown(r: dict) -> str:
-    a, llama = r["app"], r["llamacpp"]
+    a, llama, alone = r["app"], r["llamacpp"], r["llamacpp_app_one_user"]
+    warm = f"llama.cpp warm-up request at start: {llama['warm_up_s']:.2f} s" + (
+        f" ({r['baseline']['threads']} threads: {r['baseline']['warm_up_s']:.2f} s)" if "baseline" in r else ""
+    )
     return "\n".join(
         [
             f"# Chat benchmark: {r['model']}",
@@ -320,13 +381,20 @@ def markdown(r: dict) -> str:
             f"CPU: {r['cpus']} cores ({r['cpu']}), torch threads {r['threads']}, llama.cpp threads "
             f"{llama['threads']} and {llama['parallel']} slots; load average before "
             f"{r['load_average_before'][0]:.1f} / after {r['load_average_after'][0]:.1f} (shared machine)  ",
-            f"Model load (transformers): {r['model_load_s']:.1f} s; context {r['context_length']} tokens",
+            f"Model load (transformers): {r['model_load_s']:.1f} s; context {r['context_length']} tokens; {warm}",
             "",
             "One user, greedy:",
             "",
             "| path | prompt | prompt tokens | time to first token | decode tokens/s | new tokens |",
             "| --- | --- | --- | --- | --- | --- |",
             *_generation_rows(r),
+            "",
+            f"One user through the app on llama.cpp ({llama['threads']} threads), short message, "
+            f"{alone['max_new_tokens']} new tokens, median of {alone['runs']} ({alone['ok']} answered): first token "
+            f"{alone['first_token_s']:.2f} s, whole reply {alone['reply_s']:.2f} s.",
+            "",
+            f"Issue #12 one-user targets (first token through the app <= {TARGET_TTFT_S} s, decode >= "
+            f"{TARGET_DECODE_TOKENS_S:.0f} tokens/s, llama.cpp, short prompt): {verdict(r)}",
             "",
             f"App on 127.0.0.1, {a['users']} concurrent users, one message each ({a['max_new_tokens']} new tokens, greedy); "
             f"app concurrency limit {a['concurrency_limit']} (llama.cpp path: {r['llamacpp_app']['concurrency_limit']}), "

@@ -32,7 +32,7 @@ class LlamaCppOptions:
     alias: str = option("smollm2", help="the model name the server answers to (the picker shows it)")
     parallel: int = option(4, help="slots: replies decoded together (continuous batching)")
     context: int = option(8192, help="context tokens, split evenly between the slots")
-    threads: int = option(2, help="CPU threads llama.cpp decodes with")
+    threads: int = option(1, help="CPU threads llama.cpp decodes with; leave a core to the app (docs/serving.md)")
     port: int = option(0, help="TCP port on 127.0.0.1; 0: any free port")
 
     def __post_init__(self) -> None:
@@ -62,6 +62,7 @@ class LlamaCppServer:
     model_path: Path
     adapter_path: Path | None
     start_seconds: float
+    warm_up_seconds: float = 0.0
 
     @property
     def base_url(self) -> str:
@@ -71,8 +72,27 @@ class LlamaCppServer:
         self.server = None
 
 
+def warm_up(url: str, alias: str) -> float:
+    """One 1-token chat request, so that the first user does not pay for it; returns its seconds.
+
+    The first request after loading touches the model's pages and sizes llama.cpp's compute
+    buffers; it also leaves the chat template's default system prompt in a slot's prompt cache,
+    which a new conversation then reuses.
+    """
+    import httpx
+
+    started = time.monotonic()
+    body = {"model": alias, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0.0}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=httpx.Timeout(120.0, connect=5.0))
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"llama.cpp's server at {url} failed its warm-up request: {response.status_code} {response.text}"
+        )
+    return round(time.monotonic() - started, 2)
+
+
 def start_llamacpp(options: LlamaCppOptions) -> LlamaCppServer:
-    """Load the base GGUF (+ adapter) into llama.cpp and start its server on 127.0.0.1."""
+    """Load the base GGUF (+ adapter) into llama.cpp, start its server on 127.0.0.1 and warm it up."""
     model_path = gguf_file(options.model, "llamacpp.model")
     adapter_path = Path(options.adapter).resolve() if options.adapter else None
     started = time.monotonic()
@@ -85,5 +105,14 @@ def start_llamacpp(options: LlamaCppOptions) -> LlamaCppServer:
         threads=options.threads,
         port=options.port,
     )
-    log.info("llama.cpp server for %s on %s (%d slots)", model_path.name, url, options.parallel)
-    return LlamaCppServer(server, url, options.alias, model_path, adapter_path, round(time.monotonic() - started, 2))
+    start_seconds = round(time.monotonic() - started, 2)
+    warm_seconds = warm_up(url, options.alias)
+    log.info(
+        "llama.cpp server for %s on %s (%d slots, %d threads), warmed up in %.2f s",
+        model_path.name,
+        url,
+        options.parallel,
+        options.threads,
+        warm_seconds,
+    )
+    return LlamaCppServer(server, url, options.alias, model_path, adapter_path, start_seconds, warm_seconds)

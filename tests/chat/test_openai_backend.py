@@ -81,6 +81,35 @@ def test_closing_a_stream_ends_the_request_on_the_server(llamacpp_server):
     assert metric(llamacpp_server, "tokens_predicted_total") - predicted_before < 200
 
 
+def test_chat_models_for_one_server_share_its_clients_and_turns_back_to_back_never_fail(llamacpp_server):
+    from tasks.chat.backends.openai import http_clients
+
+    sync_client, _ = http_clients(llamacpp_server.base_url)
+    for _ in range(6):  # the chat app makes a chat model per turn, and a user may send the next at once
+        model = make_chat_model(options(llamacpp_server, max_new_tokens=4))
+        assert model.root_client._client is sync_client  # no client of its own to build before the request
+        assert "".join(chunk.text for chunk in model.stream([("user", "Say hello.")]))
+    # No connection is kept that llama.cpp closes after a streamed reply: the next turn opens its own.
+    assert sync_client._transport._pool.connections == []
+
+
+def test_the_server_was_warmed_up_and_a_returning_conversation_reuses_its_cached_prompt(llamacpp_server):
+    assert llamacpp_server.warm_up_seconds > 0
+
+    def usage(messages: list[dict]) -> tuple[dict, str]:
+        body = {"model": llamacpp_server.alias, "messages": messages, "max_tokens": 8, "temperature": 0.0}
+        answer = httpx.post(f"{llamacpp_server.base_url}/chat/completions", json=body, timeout=120).json()
+        return answer["usage"], answer["choices"][0]["message"]["content"]
+
+    first = [{"role": "user", "content": f"Name a colour. ({uuid.uuid4().hex})"}]
+    used, reply = usage(first)
+    # A new conversation: at least the chat template's default system prompt was cached.
+    assert used["prompt_tokens_details"]["cached_tokens"] > 0
+    again, _ = usage([*first, {"role": "assistant", "content": reply}, {"role": "user", "content": "Another one."}])
+    # Its next turn: the whole first prompt comes from the slot's cache; only the new turn is computed.
+    assert again["prompt_tokens_details"]["cached_tokens"] >= used["prompt_tokens"]
+
+
 def test_the_api_key_comes_from_a_prefect_secret(prefect_harness):
     from prefect.blocks.system import Secret
 
