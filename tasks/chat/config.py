@@ -34,6 +34,11 @@ class ServerOptions:
     auth_secret: str | None = option(
         None, help='Prefect Secret block holding {"username": ..., "password": ...}; used instead of the environment'
     )
+    stream_interval_s: float = option(
+        0.1,
+        help="least time between two page updates of a streaming reply (the first token is sent at once); "
+        "an update per token for many users at once costs the app's process more than decoding them",
+    )
 
     def __post_init__(self) -> None:
         require(bool(self.host.strip()), "server.host", "must not be empty")
@@ -42,6 +47,11 @@ class ServerOptions:
             self.concurrency_limit >= 1, "server.concurrency_limit", f"must be at least 1, got {self.concurrency_limit}"
         )
         require(self.max_queue >= 1, "server.max_queue", f"must be at least 1, got {self.max_queue}")
+        require(
+            0 <= self.stream_interval_s <= 2,
+            "server.stream_interval_s",
+            f"must be in 0..2 seconds, got {self.stream_interval_s}",
+        )
 
 
 @dataclass

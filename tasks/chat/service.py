@@ -37,6 +37,22 @@ log = logging.getLogger(__name__)
 Update = tuple[list[dict], str]  # (the chat history so far, the notice shown under the chat)
 
 
+class UpdatePacer:
+    """Whether a streaming reply is due for its next page update: the first token at once, then at
+    most one update every `interval_s` (the final, complete reply is always sent after the loop)."""
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._last: float | None = None
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval_s:
+            return False
+        self._last = now
+        return True
+
+
 class ChatService:
     """The app's server side: one reply at a time per call, streamed as updated histories."""
 
@@ -123,11 +139,13 @@ class ChatService:
         first_token_at = None
         with self.sessions.generation(session) as stop:
             stream = stream_reply(loaded, messages, settings, stop_event=stop)
+            pace = UpdatePacer(self.config.server.stream_interval_s)
             try:
                 for delta in stream:
                     first_token_at = first_token_at or time.monotonic()
                     reply["content"] += delta
-                    yield history, notice
+                    if pace.due():
+                        yield history, notice
                 entry["status"] = "stopped" if stop.is_set() else "done"
             except GenerationError as error:
                 entry["status"] = "error"
@@ -180,13 +198,15 @@ class ChatService:
                 messages, top_p=settings.top_p, extra_body={"top_k": settings.top_k}
             )
             try:
+                pace = UpdatePacer(self.config.server.stream_interval_s)
                 for chunk in stream:
                     if stop.is_set():
                         break
                     if chunk.text:
                         first_token_at = first_token_at or time.monotonic()
                         reply["content"] += chunk.text
-                        yield [*history, reply], ""
+                        if pace.due():
+                            yield [*history, reply], ""
                 entry["status"] = "stopped" if stop.is_set() else "done"
             except (APIError, OSError) as error:
                 entry["status"] = "unreachable" if not first_token_at else "error"

@@ -104,6 +104,32 @@ def test_model_messages_keep_notices_out_of_the_prompt():
     assert model_messages(history, "  ")[0] == {"role": "user", "content": "hi"}
 
 
+def test_a_streaming_reply_updates_the_page_at_most_once_an_interval(tiny_model_dir):
+    """Every token is its own update at interval 0; at 2 s only the first token, what each 2 s brought
+    and the finished reply are sent, and the reply is the same."""
+    from tasks.chat.sampling import SamplingSettings
+    from tasks.chat.service import ChatService
+
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=24)
+    runs = {}
+    for interval in (0.0, 2.0):
+        config = ChatAppConfig(
+            server=ServerOptions(stream_interval_s=interval), models=[str(tiny_model_dir)], list_registry=False
+        )
+        started = time.monotonic()
+        updates = [
+            history[-1]["content"]
+            for history, _ in ChatService(config).reply("Hello", [], str(tiny_model_dir), "", greedy, session="s")
+            if history[-1]["role"] == "assistant"
+        ]
+        runs[interval] = updates, time.monotonic() - started
+    every_token, _ = runs[0.0]
+    paced, seconds = runs[2.0]
+    assert len(every_token) >= 20 and paced[-1] == every_token[-1] != ""
+    assert paced[0] == every_token[0]  # the first token is not held back
+    assert len(paced) <= 2 + seconds / 2 + 1
+
+
 def test_documents_choice_only_when_configured(tiny_model_dir):
     base = ChatAppConfig(models=[str(tiny_model_dir)], list_registry=False)
     assert model_choices(base) == [str(tiny_model_dir)]
