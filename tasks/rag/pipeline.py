@@ -12,10 +12,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.rag.catalog import Catalog, shown_url
-from tasks.rag.config import PdfIndexConfig, password_for
+from tasks.rag.config import IndexOptions, PdfIndexConfig, password_for
 from tasks.rag.embeddings import make_embeddings
 from tasks.rag.indexing import (
     INDEXED,
@@ -25,6 +25,9 @@ from tasks.rag.indexing import (
 )
 from tasks.rag.pdfs import ExtractedPdf, PdfError, display_name, extract_pdf
 from tasks.rag.stores import OpenStore, index_location, open_store, records_url
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
 
 
 @dataclass
@@ -50,8 +53,10 @@ def per_document(fn: Callable) -> Callable[..., Outcome]:
     return run
 
 
-def extract_document(data: bytes, source: str, passwords: dict[str, str], min_chars_per_page: int) -> ExtractedPdf:
-    return extract_pdf(data, source, password_for(source, passwords), min_chars_per_page)
+def extract_document(data: bytes, source: str, passwords: dict[str, str], options: IndexOptions) -> ExtractedPdf:
+    return extract_pdf(
+        data, source, password_for(source, passwords), options.min_chars_per_page, options.extract_processes
+    )
 
 
 @dataclass
@@ -61,6 +66,12 @@ class IndexTarget:
     store: OpenStore
     record_manager: Any
     catalog: Catalog
+    embeddings: Embeddings | None = None
+
+    def warm_up(self) -> None:
+        """Start loading the embedding model now, when a document will need it (never on a no-op run)."""
+        if warm_up := getattr(self.embeddings, "warm_up", None):
+            warm_up()
 
 
 @contextmanager
@@ -70,9 +81,10 @@ def opened_target(cfg: PdfIndexConfig) -> Iterator[IndexTarget]:
         records = records_url(cfg.store)
         catalog = Catalog(records, cfg.store.collection)
         opened.callback(catalog.close)
-        store = open_store(cfg.store, make_embeddings(cfg.embeddings))
+        embeddings = make_embeddings(cfg.embeddings)
+        store = open_store(cfg.store, embeddings)
         opened.callback(store.close)
-        yield IndexTarget(store, make_record_manager(records, cfg.store.collection), catalog)
+        yield IndexTarget(store, make_record_manager(records, cfg.store.collection), catalog, embeddings)
 
 
 @dataclass
