@@ -354,6 +354,21 @@ def measure_cold_start(geotopo: str) -> dict:
     ):
         cold[label] = run_cli(["-c", code])[0]
     cold["temporary Prefect server: start until healthy"] = float(run_cli(["-c", SERVER_START])[1].split()[-1])
+    # With PREFECT_API_URL naming a running server (the local stack, docs/deployments.md) no
+    # command starts a temporary one.
+    import signal
+
+    from benchmarks.rag_scale import start_prefect
+
+    server, server_env = start_prefect(Path(tempfile.mkdtemp(prefix="rag-bench-prefect-")))
+    try:
+        for name, (module, args) in commands.items():
+            cold[f"{name} (project, Prefect server already running)"] = run_cli(
+                ["-m", module, *args], {**os.environ, **server_env}
+            )[0]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
     return cold
 
 

@@ -95,7 +95,7 @@ def pdf_index(
         if cfg.index.delete_missing and any(r.status in INDEXED for r in reports):
             for source in sorted(set(target.catalog.sources()) - set(documents)):
                 reports.append(timed_delete(source, target))
-        target.store.flush()  # durable before the run reports success
+        target.flush()  # durable before the run reports success
     run = pipeline.index_run(reports, time.perf_counter() - started, cfg)
     publish_report(run)
     log_to_mlflow(run, cfg)

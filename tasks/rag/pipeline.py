@@ -8,6 +8,7 @@ The flow (flows/pdf_index.py) decides what runs when.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -59,14 +60,40 @@ def extract_document(data: bytes, source: str, passwords: dict[str, str], option
     )
 
 
-@dataclass
 class IndexTarget:
-    """Where documents are written: the three stores indexing.py keeps in step."""
+    """Where documents are written: the three stores indexing.py keeps in step.
 
-    store: OpenStore
-    record_manager: Any
-    catalog: Catalog
-    embeddings: Embeddings | None = None
+    The catalog is open from the start; the vector store and the record manager open on first use:
+    a run that finds every document unchanged needs neither (nor their libraries, nor, for a
+    Milvus Lite file, its server process)."""
+
+    def __init__(self, cfg: PdfIndexConfig, records: str, catalog: Catalog, opened: ExitStack):
+        self.catalog = catalog
+        self.embeddings: Embeddings = make_embeddings(cfg.embeddings)  # the model itself loads on first use
+        self._cfg, self._records, self._opened = cfg, records, opened
+        self._store: OpenStore | None = None
+        self._record_manager: Any = None
+        self._opening = threading.Lock()  # a Dask worker's threads share one target
+
+    @property
+    def store(self) -> OpenStore:
+        with self._opening:
+            if self._store is None:
+                self._store = open_store(self._cfg.store, self.embeddings)
+                self._opened.callback(self._store.close)
+            return self._store
+
+    @property
+    def record_manager(self) -> Any:
+        with self._opening:
+            if self._record_manager is None:
+                self._record_manager = make_record_manager(self._records, self._cfg.store.collection)
+            return self._record_manager
+
+    def flush(self) -> None:
+        """Every write durable (nothing to do when nothing was written)."""
+        if self._store is not None:
+            self._store.flush()
 
     def warm_up(self) -> None:
         """Start loading the embedding model now, when a document will need it (never on a no-op run)."""
@@ -77,14 +104,11 @@ class IndexTarget:
 @contextmanager
 def opened_target(cfg: PdfIndexConfig) -> Iterator[IndexTarget]:
     with ExitStack() as opened:
-        # The record store first: it fails fast, naming its URL, before the embedding model loads.
+        # The record store first: it fails fast, naming its URL.
         records = records_url(cfg.store)
         catalog = Catalog(records, cfg.store.collection)
         opened.callback(catalog.close)
-        embeddings = make_embeddings(cfg.embeddings)
-        store = open_store(cfg.store, embeddings)
-        opened.callback(store.close)
-        yield IndexTarget(store, make_record_manager(records, cfg.store.collection), catalog, embeddings)
+        yield IndexTarget(cfg, records, catalog, opened)
 
 
 @dataclass
