@@ -95,7 +95,7 @@ def pdf_index(
         if cfg.index.delete_missing and any(r.status in INDEXED for r in reports):
             for source in sorted(set(target.catalog.sources()) - set(documents)):
                 reports.append(timed_delete(source, target))
-        target.store.flush()  # durable before the run reports success
+        target.flush()  # durable before the run reports success
     run = pipeline.index_run(reports, time.perf_counter() - started, cfg)
     publish_report(run)
     log_to_mlflow(run, cfg)
@@ -135,8 +135,12 @@ def index_each(documents: list[str], cfg: PdfIndexConfig, target: IndexTarget) -
         else:
             to_extract.append((source, new_fingerprint))
     sources = [source for source, _ in to_extract]
+    if sources and cfg.index.extract_processes > 1:
+        # The model loads while other processes extract the pages (in this process both would
+        # wait for the same interpreter lock).
+        target.warm_up()
     extracted = extract.map(
-        [fetched[s].value for s in sources], sources, unmapped(cfg.passwords), unmapped(cfg.index.min_chars_per_page)
+        [fetched[s].value for s in sources], sources, unmapped(cfg.passwords), unmapped(cfg.index)
     ).result()
     fetched.clear()  # the PDFs' bytes are not needed any more
     ready = [(s, fp, o) for (s, fp), o in zip(to_extract, extracted) if not failed(s, o)]

@@ -16,11 +16,12 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tasks.core.config import ConfigError, data_dir
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,15 @@ class Placement:
 
     @property
     def dtype(self) -> torch.dtype:
+        import torch
+
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
 
 
 def resolve_placement(device: str = "auto", precision: str = "auto") -> Placement:
+    # torch is imported where it is used: importing this module (model names, cards) must stay cheap.
+    import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -110,6 +116,7 @@ def _file_lock(path: Path):
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     log.info("converting %s once into %s", gguf.name, target)

@@ -152,12 +152,22 @@ class IndexOptions:
         None, help="dask: the scheduler of an existing cluster, tcp://host:8786; default: a local cluster"
     )
     workers: int = option(2, help="dask, local cluster: worker processes (one thread each)")
+    extract_processes: int = option(
+        2,
+        help="processes that extract one long PDF's pages side by side (pypdf holds the GIL, so threads "
+        "cannot); 1: in the indexing process. Used from 32 pages on (16 pages per process)",
+    )
 
     def __post_init__(self) -> None:
         require(
             self.min_chars_per_page >= 0, "index.min_chars_per_page", f"must be >= 0, got {self.min_chars_per_page}"
         )
         require(self.workers >= 1, "index.workers", f"must be at least 1, got {self.workers}")
+        require(
+            self.extract_processes >= 1,
+            "index.extract_processes",
+            f"must be at least 1, got {self.extract_processes}",
+        )
         require(
             self.address is None or self.address.startswith("tcp://"),
             "index.address",

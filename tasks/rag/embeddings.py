@@ -19,15 +19,24 @@ class SentenceTransformerEmbeddings(Embeddings):
         self.model_path, self.device, self.batch_size = model_path, device, batch_size
         self._model = None
         self._lock = threading.Lock()  # one encode at a time: torch already uses every core
+        self._loading = threading.Lock()  # one load, also when warm_up's thread and an encode race
 
     @property
     def model(self):
         # Loaded on first use: a re-index where nothing changed never needs the model.
-        if self._model is None:
-            from sentence_transformers import SentenceTransformer
+        with self._loading:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(self.model_path, device=self.device)
+                self._model = SentenceTransformer(self.model_path, device=self.device)
         return self._model
+
+    def warm_up(self) -> threading.Thread:
+        """Load the model in a background thread (importing torch is most of it), so that the load
+        overlaps work that waits on other processes, such as extracting pages."""
+        thread = threading.Thread(target=lambda: self.model, name="embedding-model-load", daemon=True)
+        thread.start()
+        return thread
 
     def _encode(self, texts: list[str]) -> list[list[float]]:
         with self._lock:

@@ -13,6 +13,7 @@ upserts make the retry harmless (see indexing.py).
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import hashlib
 import json
 import socket
@@ -53,7 +54,8 @@ def index_document(source: str, cfg: PdfIndexConfig) -> DocumentReport:
         if entry := indexing.is_unchanged(target.catalog, source, new_fingerprint):
             report = DocumentReport(source, "unchanged", "", entry.pages, entry.chunks)
         else:
-            doc = extract_document(data, source, cfg.passwords, cfg.index.min_chars_per_page)
+            # One process per document already, and a Dask worker (a daemon process) may not start more.
+            doc = extract_document(data, source, cfg.passwords, dataclasses.replace(cfg.index, extract_processes=1))
             chunks = chunking.chunk_document(doc, cfg.chunk)
             report = indexing.upsert_document(
                 doc, chunks, new_fingerprint, target.store.vectors, target.record_manager, target.catalog

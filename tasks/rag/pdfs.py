@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import itertools
 import os
 import re
 import time
@@ -209,24 +210,61 @@ def clean_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def extract_pdf(data: bytes, source: str, password: str | None = None, min_chars_per_page: int = 10) -> ExtractedPdf:
-    """Every page's text with pypdf; PdfError for encrypted, corrupt, truncated or text-less files."""
+# Fewer pages than this per extra process, and the processes' start costs more than it saves.
+PAGES_PER_PROCESS = 16
+
+
+def _open(data: bytes, password: str | None):
     from pypdf import PdfReader
+
+    reader = PdfReader(io.BytesIO(data))
+    if reader.is_encrypted:
+        if not password:
+            raise PdfError("encrypted: a password is needed (set passwords.<file name>: env:VARIABLE)")
+        if not reader.decrypt(password):
+            raise PdfError("encrypted: the password given does not open it")
+    return reader
+
+
+def _page_texts(data: bytes, password: str | None, first: int, stop: int, reader=None) -> list[str]:
+    """The cleaned text of pages [first, stop); in a worker process the file is opened again there."""
+    reader = reader or _open(data, password)
+    return [clean_text(reader.pages[i].extract_text() or "") for i in range(first, stop)]
+
+
+def _texts_in_processes(data: bytes, password: str | None, page_count: int, processes: int) -> list[str]:
+    """pypdf is pure Python and holds the GIL: only processes extract pages side by side."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = [page_count * i // processes for i in range(processes + 1)]
+    # fork, not spawn: a spawned child imports the caller's main module first (with `python -m
+    # flows.pdf_index`, Prefect and all), which costs more than the pages. The forked child runs
+    # only pypdf on bytes it was given (pypdf is imported by then); Python re-creates the import
+    # and logging locks in a forked child, so the caller's threads cannot leave them held.
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = [pool.submit(_page_texts, data, password, a, b) for a, b in itertools.pairwise(bounds)]
+        return [text for part in parts for text in part.result()]
+
+
+def extract_pdf(
+    data: bytes, source: str, password: str | None = None, min_chars_per_page: int = 10, processes: int = 1
+) -> ExtractedPdf:
+    """Every page's text with pypdf; PdfError for encrypted, corrupt, truncated or text-less files.
+
+    `processes` > 1 splits a long document's pages between that many worker processes (the same
+    text, page for page)."""
     from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
 
     try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            if not password:
-                raise PdfError("encrypted: a password is needed (set passwords.<file name>: env:VARIABLE)")
-            if not reader.decrypt(password):
-                raise PdfError("encrypted: the password given does not open it")
+        reader = _open(data, password)
         page_count = len(reader.pages)
-        pages = []
-        for number, page in enumerate(reader.pages, start=1):
-            text = clean_text(page.extract_text() or "")
-            if text:
-                pages.append(Page(number, text))
+        processes = max(1, min(processes, page_count // PAGES_PER_PROCESS))
+        if processes > 1:
+            texts = _texts_in_processes(data, password, page_count, processes)
+        else:
+            texts = _page_texts(data, password, 0, page_count, reader)
+        pages = [Page(number, text) for number, text in enumerate(texts, start=1) if text]
         title = _title(reader) or display_name(source)
     except PdfError:
         raise

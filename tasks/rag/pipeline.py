@@ -8,14 +8,15 @@ The flow (flows/pdf_index.py) decides what runs when.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.rag.catalog import Catalog, shown_url
-from tasks.rag.config import PdfIndexConfig, password_for
+from tasks.rag.config import IndexOptions, PdfIndexConfig, password_for
 from tasks.rag.embeddings import make_embeddings
 from tasks.rag.indexing import (
     INDEXED,
@@ -25,6 +26,9 @@ from tasks.rag.indexing import (
 )
 from tasks.rag.pdfs import ExtractedPdf, PdfError, display_name, extract_pdf
 from tasks.rag.stores import OpenStore, index_location, open_store, records_url
+
+if TYPE_CHECKING:
+    from langchain_core.embeddings import Embeddings
 
 
 @dataclass
@@ -50,29 +54,61 @@ def per_document(fn: Callable) -> Callable[..., Outcome]:
     return run
 
 
-def extract_document(data: bytes, source: str, passwords: dict[str, str], min_chars_per_page: int) -> ExtractedPdf:
-    return extract_pdf(data, source, password_for(source, passwords), min_chars_per_page)
+def extract_document(data: bytes, source: str, passwords: dict[str, str], options: IndexOptions) -> ExtractedPdf:
+    return extract_pdf(
+        data, source, password_for(source, passwords), options.min_chars_per_page, options.extract_processes
+    )
 
 
-@dataclass
 class IndexTarget:
-    """Where documents are written: the three stores indexing.py keeps in step."""
+    """Where documents are written: the three stores indexing.py keeps in step.
 
-    store: OpenStore
-    record_manager: Any
-    catalog: Catalog
+    The catalog is open from the start; the vector store and the record manager open on first use:
+    a run that finds every document unchanged needs neither (nor their libraries, nor, for a
+    Milvus Lite file, its server process)."""
+
+    def __init__(self, cfg: PdfIndexConfig, records: str, catalog: Catalog, opened: ExitStack):
+        self.catalog = catalog
+        self.embeddings: Embeddings = make_embeddings(cfg.embeddings)  # the model itself loads on first use
+        self._cfg, self._records, self._opened = cfg, records, opened
+        self._store: OpenStore | None = None
+        self._record_manager: Any = None
+        self._opening = threading.Lock()  # a Dask worker's threads share one target
+
+    @property
+    def store(self) -> OpenStore:
+        with self._opening:
+            if self._store is None:
+                self._store = open_store(self._cfg.store, self.embeddings)
+                self._opened.callback(self._store.close)
+            return self._store
+
+    @property
+    def record_manager(self) -> Any:
+        with self._opening:
+            if self._record_manager is None:
+                self._record_manager = make_record_manager(self._records, self._cfg.store.collection)
+            return self._record_manager
+
+    def flush(self) -> None:
+        """Every write durable (nothing to do when nothing was written)."""
+        if self._store is not None:
+            self._store.flush()
+
+    def warm_up(self) -> None:
+        """Start loading the embedding model now, when a document will need it (never on a no-op run)."""
+        if warm_up := getattr(self.embeddings, "warm_up", None):
+            warm_up()
 
 
 @contextmanager
 def opened_target(cfg: PdfIndexConfig) -> Iterator[IndexTarget]:
     with ExitStack() as opened:
-        # The record store first: it fails fast, naming its URL, before the embedding model loads.
+        # The record store first: it fails fast, naming its URL.
         records = records_url(cfg.store)
         catalog = Catalog(records, cfg.store.collection)
         opened.callback(catalog.close)
-        store = open_store(cfg.store, make_embeddings(cfg.embeddings))
-        opened.callback(store.close)
-        yield IndexTarget(store, make_record_manager(records, cfg.store.collection), catalog)
+        yield IndexTarget(cfg, records, catalog, opened)
 
 
 @dataclass

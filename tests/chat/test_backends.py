@@ -10,7 +10,7 @@ from langchain_ollama import ChatOllama, OllamaEmbeddings
 from ollama import ResponseError
 
 from tasks.chat.backends import BACKENDS, ChatModelOptions, make_chat_model
-from tasks.chat.backends.local import LocalChatModel, cached_chat_model
+from tasks.chat.backends.local_model import LocalChatModel, cached_chat_model
 from tasks.chat.generation import generate_reply
 from tasks.chat.loading import ModelLoadError
 from tasks.chat.sampling import SamplingSettings
