@@ -4,7 +4,7 @@ from the champion → promotion → the same running app serves the new champion
 The scripted user compares the champion (left: the tiny model after one SFT step) with the base
 model (right), both sampling 24 tokens among their 4 likeliest, and picks the reply that contains
 MARKER less often: the tiny model's commonest word piece, about 1.5 times in a reply (a tie when
-both contain it as often, about one prompt in five). Half the prompts with a pair are held out
+both contain it as often, about one prompt in four). Half the prompts with a pair are held out
 whole (at least 8 pairs); DPO from the champion learns the taste from the other half, and on the
 held-out pairs the new champion prefers the picked reply clearly more often than the old one did.
 """
@@ -32,7 +32,8 @@ from tests.training.test_lora_flow import COLORS, tiny_overrides, write_tiny_dat
 
 NAME = "feedback-tiny"
 MARKER = "ank"
-PROMPTS = [f"{start} the color {color}." for start in ("Name", "Describe", "Draw") for color in COLORS]
+# 28 prompts: a tie (about one in four) makes no pair, and at least 8 pairs must be held out.
+PROMPTS = [f"{start} the color {color}." for start in ("Name", "Describe", "Draw", "Paint") for color in COLORS[:7]]
 
 
 def wait_for_both_replies(app, limit_s: float = 120) -> set[str]:
