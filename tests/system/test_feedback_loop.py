@@ -216,4 +216,5 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
         f"(train {exported['train_pairs']}, eval {exported['eval_pairs']}); held-out preference accuracy "
         f"old champion {old:.2f}, new {new:.2f}; {time.monotonic() - started:.0f} s {phases}"
     )
-    assert new >= old + 0.2, (old, new)
+    # Above the old champion by at least two of the users' held-out pairs, not by one lucky pair.
+    assert (new - old) * len(held_out) >= 2 - 1e-9, (old, new, len(held_out))
