@@ -74,6 +74,10 @@ PIPELINES = {
         ],
         ["store.collection=original", "retrieval.mode=vector"],
     ),
+    "ours (recursive 600/100, hybrid BM25 + vectors)": ([], []),
+    # Same index (the pdf-index run finds every document unchanged), re-ranked at query time.
+    "ours + best-sentence re-ranking (retrieval.rerank=sentences)": ([], ["retrieval.rerank=sentences"]),
+    "ours + term-coverage re-ranking (retrieval.rerank=coverage)": ([], ["retrieval.rerank=coverage"]),
     "original, tuned sizes (separator \\n, 1000/200, vectors)": (
         [
             "store.collection=original_tuned",
@@ -84,10 +88,6 @@ PIPELINES = {
         ],
         ["store.collection=original_tuned", "retrieval.mode=vector"],
     ),
-    "ours (recursive 600/100, hybrid BM25 + vectors)": ([], []),
-    # Same index (the pdf-index run finds every document unchanged), re-ranked at query time.
-    "ours + best-sentence re-ranking (retrieval.rerank=sentences)": ([], ["retrieval.rerank=sentences"]),
-    "ours + term-coverage re-ranking (retrieval.rerank=coverage)": ([], ["retrieval.rerank=coverage"]),
 }
 # Answer accuracy on held-out questions, default retrieval, each way of prompting the model
 # (tasks/rag/prompts.py); `cite` was the only prompt before `extract`: the baseline.
@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     import tasks  # noqa: F401
 
     results: dict = {
+        "command": " ".join(
+            ["OMP_NUM_THREADS=1 python -m benchmarks.rag_bench", *(sys.argv[1:] if argv is None else argv)]
+        ),
         "machine": f"{os.cpu_count()} cores, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}",
         "load_average_at_start": os.getloadavg(),
     }
@@ -134,10 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["index"], indent=2), flush=True)
     question_sets = load_question_sets(pdfs)
     if "quality" in parts:
-        results.update(measure_quality(question_sets, geotopo))
+        # The answers come before the last baseline, and each step is saved as it ends, so that a
+        # run cut short on a loaded machine still leaves the original pipeline, ours and the answers.
+        *first, last = PIPELINES
+        measure_quality(question_sets, geotopo, first, results)
         if args.answers:
             results["answers"] = measure_answers(question_sets["held-out"], args.answers)
             print(json.dumps(results["answers"], indent=1), flush=True)
+            save(results)
+        measure_quality(question_sets, geotopo, [last], results)
     if "latency" in parts:
         questions = [q.question for files in question_sets.values() for qs, _ in files.values() for q in qs]
         results["latency"] = measure_latency(questions, args.queries)
@@ -145,13 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     if "cold" in parts:
         results["cold"] = measure_cold_start(geotopo)
         print(json.dumps(results["cold"], indent=2), flush=True)
-    results["load_average_at_end"] = os.getloadavg()
+    save(results)
+    print(markdown(results))
+    return 0
 
+
+def save(results: dict) -> None:
+    results["load_average_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "rag_bench.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "rag_bench.md").write_text(markdown(results) + "\n")
-    print(markdown(results))
-    return 0
 
 
 def measure_index(geotopo: str) -> dict:
@@ -200,8 +211,9 @@ def load_question_sets(pdfs: Path) -> dict[str, dict[str, tuple[list, list[str]]
     return sets
 
 
-def measure_quality(question_sets: dict, geotopo: str) -> dict:
-    """Every pipeline on one corpus (all documents together), scored per question file and per set."""
+def measure_quality(question_sets: dict, geotopo: str, names: list[str], results: dict) -> None:
+    """The pipelines named, on one corpus (all documents together), scored per question file and
+    per set, into results["quality"]; the results are saved after each one."""
     from flows.pdf_index import pdf_index
     from tasks.core.config import load_config
     from tasks.rag import evaluation
@@ -209,8 +221,10 @@ def measure_quality(question_sets: dict, geotopo: str) -> dict:
 
     files = {name: entry for per_set in question_sets.values() for name, entry in per_set.items()}
     corpus = sorted({p for _, paths in files.values() for p in paths} | {geotopo})
-    quality = {}
-    for name, (index_overrides, rag_overrides) in PIPELINES.items():
+    results["corpus"] = [Path(p).name for p in corpus]
+    quality = results.setdefault("quality", {})
+    for name in names:
+        index_overrides, rag_overrides = PIPELINES[name]
         started = time.perf_counter()
         pdf_index(config="configs/pdf_index.yaml", overrides=index_overrides, sources=corpus)
         config = load_config(RagConfig, "configs/rag.yaml", rag_overrides)
@@ -227,7 +241,7 @@ def measure_quality(question_sets: dict, geotopo: str) -> dict:
             sets[set_name] = summary(rows)
         quality[name] = {"index_seconds": time.perf_counter() - started, "scores": scores, "sets": sets}
         print(name, json.dumps(sets, indent=1), flush=True)
-    return {"corpus": [Path(p).name for p in corpus], "quality": quality}
+        save(results)
 
 
 def measure_answers(held_out: dict, count: int) -> dict:
@@ -323,7 +337,7 @@ def measure_cold_start(geotopo: str) -> dict:
 
 def markdown(results: dict) -> str:
     lines = [
-        "# RAG benchmarks (`OMP_NUM_THREADS=1 python -m benchmarks.rag_bench`)",
+        f"# RAG benchmarks (`{results.get('command', 'OMP_NUM_THREADS=1 python -m benchmarks.rag_bench')}`)",
         f"Machine: {results['machine']}; load average at start {results['load_average_at_start'][0]:.1f}, "
         f"at end {results['load_average_at_end'][0]:.1f} (the machine is shared: timings vary with its load).",
     ]
