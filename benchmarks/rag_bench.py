@@ -75,9 +75,9 @@ PIPELINES = {
         ["store.collection=original", "retrieval.mode=vector"],
     ),
     "ours (recursive 600/100, hybrid BM25 + vectors)": ([], []),
-    # Same index (the pdf-index run finds every document unchanged), re-ranked at query time.
-    "ours + best-sentence re-ranking (retrieval.rerank=sentences)": ([], ["retrieval.rerank=sentences"]),
+    # Same index as "ours" (not indexed again), re-ranked at query time.
     "ours + term-coverage re-ranking (retrieval.rerank=coverage)": ([], ["retrieval.rerank=coverage"]),
+    "ours + best-sentence re-ranking (retrieval.rerank=sentences)": ([], ["retrieval.rerank=sentences"]),
     "original, tuned sizes (separator \\n, 1000/200, vectors)": (
         [
             "store.collection=original_tuned",
@@ -92,6 +92,7 @@ PIPELINES = {
 # Answer accuracy on held-out questions, default retrieval, each way of prompting the model
 # (tasks/rag/prompts.py); `cite` was the only prompt before `extract`: the baseline.
 ANSWER_PROMPTS = ("extract", "cite")
+INDEXED: set[tuple[str, ...]] = set()  # the pdf-index overrides this run has indexed the corpus with
 
 
 def pdf_path(name: str, pdfs: Path) -> Path | None:
@@ -137,15 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results["index"], indent=2), flush=True)
     question_sets = load_question_sets(pdfs)
     if "quality" in parts:
-        # The answers come before the last baseline, and each step is saved as it ends, so that a
+        # The answers come before the slower re-ranker and the second baseline, and each step is saved as it ends, so that a
         # run cut short on a loaded machine still leaves the original pipeline, ours and the answers.
-        *first, last = PIPELINES
+        names = list(PIPELINES)
+        first, last = names[:3], names[3:]
         measure_quality(question_sets, geotopo, first, results)
         if args.answers:
             results["answers"] = measure_answers(question_sets["held-out"], args.answers)
             print(json.dumps(results["answers"], indent=1), flush=True)
             save(results)
-        measure_quality(question_sets, geotopo, [last], results)
+        measure_quality(question_sets, geotopo, last, results)
     if "latency" in parts:
         questions = [q.question for files in question_sets.values() for qs, _ in files.values() for q in qs]
         results["latency"] = measure_latency(questions, args.queries)
@@ -216,7 +218,7 @@ def measure_quality(question_sets: dict, geotopo: str, names: list[str], results
     per set, into results["quality"]; the results are saved after each one."""
     from flows.pdf_index import pdf_index
     from tasks.core.config import load_config
-    from tasks.rag import evaluation
+    from tasks.rag import evaluation, retrieval
     from tasks.rag.config import RagConfig
 
     files = {name: entry for per_set in question_sets.values() for name, entry in per_set.items()}
@@ -226,7 +228,11 @@ def measure_quality(question_sets: dict, geotopo: str, names: list[str], results
     for name in names:
         index_overrides, rag_overrides = PIPELINES[name]
         started = time.perf_counter()
-        pdf_index(config="configs/pdf_index.yaml", overrides=index_overrides, sources=corpus)
+        if tuple(index_overrides) not in INDEXED:  # the re-ranked rows read the index "ours" wrote
+            # A Milvus Lite file serves one client: retrieval lets go of it before the flow writes.
+            retrieval.close_index()
+            pdf_index(config="configs/pdf_index.yaml", overrides=index_overrides, sources=corpus)
+            INDEXED.add(tuple(index_overrides))
         config = load_config(RagConfig, "configs/rag.yaml", rag_overrides)
         scores, sets = {}, {}
         for set_name, per_set in question_sets.items():
