@@ -9,16 +9,8 @@ from typing import Any
 from tasks.chat import make_chat_model
 from tasks.rag.config import RagConfig
 from tasks.rag.pdfs import display_name
+from tasks.rag.prompts import NOT_IN_CONTEXT, PROMPTS, AnswerPrompt
 from tasks.rag.retrieval import retrieve
-
-NOT_IN_CONTEXT = "The documents do not say."
-
-SYSTEM_PROMPT = (
-    "You answer questions using only the context below, which consists of numbered excerpts from "
-    "documents, each headed by its citation like [paper.pdf p.3]. Answer briefly, and after each "
-    "statement cite the excerpt it comes from, copying its citation exactly. If the context does not "
-    f"contain the answer, reply exactly: {NOT_IN_CONTEXT}"
-)
 
 CITATION_PATTERN = re.compile(r"\[([^\[\]\n]+?) p\.\s?(\d+)\]")  # groups: file name, page
 SOURCES_APPENDED = "\n\nSources: "  # before the pages given, when the model cited none
@@ -37,18 +29,23 @@ def citation(source: str, page: int) -> str:
     return f"[{display_name(source)} p.{page}]"
 
 
-def make_prompt():
+def make_prompt(prompt: AnswerPrompt):
+    """The chat prompt of an `answer.prompt` kind, with {context} and {question} to fill in."""
     from langchain_core.prompts import ChatPromptTemplate
 
+    if prompt.context_in_question:
+        return ChatPromptTemplate.from_messages(
+            [("system", prompt.system), ("human", "Context:\n{context}\n\nQuestion: {question}")]
+        )
     return ChatPromptTemplate.from_messages(
-        [
-            ("system", SYSTEM_PROMPT + "\n\nContext:\n{context}"),
-            ("human", "{question}"),
-        ]
+        [("system", prompt.system + "\n\nContext:\n{context}"), ("human", "{question}")]
     )
 
 
-def format_context(sources: list[dict[str, Any]]) -> str:
+def format_context(sources: list[dict[str, Any]], headed: bool = True) -> str:
+    """The passages, best first: numbered and headed by their citations, or as plain text."""
+    if not headed:
+        return "\n\n".join(s["text"] for s in sources)
     return "\n\n".join(f"({i}) {citation(s['source'], s['page'])}\n{s['text']}" for i, s in enumerate(sources, 1))
 
 
@@ -62,12 +59,15 @@ def with_citations(answer: str, sources: list[dict[str, Any]]) -> str:
 
 
 def generate_answer(question: str, sources: list[dict[str, Any]], config: RagConfig) -> str:
-    """The chat model's answer from the retrieved chunks only, with [file p.N] citations."""
+    """The chat model's answer from the retrieved chunks only (as many as `answer.prompt` reads, best
+    first), with [file p.N] citations: the model's own, else the pages it was given."""
     if not sources:
         return NOT_IN_CONTEXT
-    chain = make_prompt() | make_chat_model(config.llm)
-    reply = chain.invoke({"context": format_context(sources), "question": question.strip()})
-    return with_citations(reply.text, sources)
+    prompt = PROMPTS[config.answer.prompt]
+    given = sources[: prompt.passages] if prompt.passages else sources
+    chain = make_prompt(prompt) | make_chat_model(config.llm)
+    reply = chain.invoke({"context": format_context(given, prompt.headed), "question": question.strip()})
+    return with_citations(reply.text, given)
 
 
 def answer_question(question: str, config: RagConfig, k: int | None = None) -> dict[str, Any]:

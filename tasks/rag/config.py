@@ -17,6 +17,7 @@ from tasks.core.config import option, require
 from tasks.rag.catalog import shown_url
 from tasks.rag.keywords import KEYWORD_INDEXES
 from tasks.rag.pdfs import FetchOptions, PdfError, display_name
+from tasks.rag.prompts import DEFAULT_PROMPT, PROMPTS
 from tasks.rag.rerank import RERANKERS
 from tasks.rag.splitters import DEFAULT_SPLITTER, SPLITTERS
 from tasks.rag.stores import DEFAULT_KIND, STORES
@@ -27,6 +28,7 @@ StoreKindName = Literal[tuple(STORES)]
 SplitterName = Literal[tuple(SPLITTERS)]
 RECORD_DATABASES = (*KEYWORD_INDEXES, "postgres")  # URL schemes of the record store (postgres: postgresql)
 RerankName = Literal[tuple(RERANKERS)]
+PromptName = Literal[tuple(PROMPTS)]
 
 
 def _one_of(names) -> str:
@@ -272,8 +274,18 @@ class RetrievalOptions:
 
 
 @dataclass
+class AnswerOptions:
+    prompt: PromptName = option(
+        DEFAULT_PROMPT,
+        help="how the model is asked (tasks/rag/prompts.py): "
+        + "; ".join(f"{n}: {p.help}" for n, p in PROMPTS.items()),
+    )
+
+
+@dataclass
 class RagConfig:
     store: StoreOptions = field(default_factory=StoreOptions)
     embeddings: EmbeddingOptions = field(default_factory=EmbeddingOptions)
     retrieval: RetrievalOptions = field(default_factory=RetrievalOptions)
     llm: ChatModelOptions = field(default_factory=ChatModelOptions)
+    answer: AnswerOptions = field(default_factory=AnswerOptions)

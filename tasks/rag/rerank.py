@@ -9,6 +9,9 @@ counts. Kinds:
 - `sentences`: each candidate scored by its best-matching sentence (cosine with the embedding
   model that built the index): a chunk that answers in one sentence among unrelated ones is not
   diluted by them.
+- `coverage`: no model at all: each candidate scored by how much of the question's topic words
+  (weighted by their rarity among the candidates) one sentence, and the whole passage, contain:
+  a passage that names every term of the question in one place beats one that repeats a single term.
 - `cross-encoder`: a sentence-transformers `CrossEncoder` (`retrieval.rerank_model`: a folder or
   a Hub id) reads question and passage together. No package ships one; when it cannot be loaded
   the message says why once, and the fused order is kept.
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -63,6 +68,40 @@ def by_best_sentence(question: str, candidates: list[Document], options: Retriev
     return [candidates[i] for i in order]
 
 
+def _matches(words: list[tuple[str, bool]], text: str) -> set[int]:
+    """Indexes of the topic words (keywords.topic_words: stem, is_prefix) that occur in `text`."""
+    tokens = set(re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold()))
+    found = set()
+    for i, (stem, prefix) in enumerate(words):
+        if stem in tokens or (prefix and any(t.startswith(stem) for t in tokens)):
+            found.add(i)
+    return found
+
+
+def by_coverage(question: str, candidates: list[Document], options: RetrievalOptions, embeddings: Embeddings):
+    """Candidates ordered by the share of the question's topic words (rarer ones weigh more) found in
+    their best sentence plus the share found in the whole passage."""
+    from tasks.rag.keywords import topic_words
+
+    words = topic_words(question)
+    if not words:
+        return None
+    in_passage = [_matches(words, doc.page_content) for doc in candidates]
+    # Rarity among the candidates: a word every candidate has cannot tell them apart.
+    weight = [math.log(1 + len(candidates) / (1 + sum(i in m for m in in_passage))) for i in range(len(words))]
+    total = sum(weight) or 1.0
+
+    def share(found: set[int]) -> float:
+        return sum(weight[i] for i in found) / total
+
+    scores = [
+        share(found) + max(share(_matches(words, s)) for s in sentences(doc.page_content))
+        for doc, found in zip(candidates, in_passage)
+    ]
+    order = sorted(range(len(candidates)), key=lambda i: scores[i], reverse=True)
+    return [candidates[i] for i in order]
+
+
 @functools.lru_cache(maxsize=2)
 def load_cross_encoder(model: str):
     """The CrossEncoder, or None (and one warning naming the model and why) when it cannot be loaded."""
@@ -92,6 +131,10 @@ def by_cross_encoder(question: str, candidates: list[Document], options: Retriev
 RERANKERS: dict[str, Reranker] = {
     "none": Reranker(None, "the fused order as it is"),
     "sentences": Reranker(by_best_sentence, "each candidate by its best sentence (the index's embedding model)"),
+    "coverage": Reranker(
+        by_coverage,
+        "each candidate by how many of the question's rarer terms one sentence and the passage hold (no model)",
+    ),
     "cross-encoder": Reranker(
         by_cross_encoder,
         "a sentence-transformers CrossEncoder at retrieval.rerank_model (the fused order, with a warning, "

@@ -11,6 +11,7 @@ import pytest
 from tasks.core.config import load_config
 from tasks.rag import answer, retrieval
 from tasks.rag.config import RagConfig
+from tasks.rag.prompts import PROMPTS
 from tasks.rag.retrieval import RagError
 from tests.doubles.ollama_server import OllamaServer
 from tests.support.rag import pdf_folder
@@ -66,11 +67,30 @@ def test_citations_are_added_when_the_model_gives_none():
     assert answer.with_citations(answer.NOT_IN_CONTEXT, sources) == answer.NOT_IN_CONTEXT
 
 
-def test_prompt_tells_the_model_to_use_the_context_only():
-    messages = answer.make_prompt().format_messages(context="(1) [a.pdf p.2]\nThe sky is green.", question="Sky?")
+def test_cite_prompt_heads_every_passage_with_its_citation():
+    sources = [{"source": "/d/a.pdf", "page": 2, "text": "The sky is green."}]
+    prompt = PROMPTS["cite"]
+    messages = answer.make_prompt(prompt).format_messages(
+        context=answer.format_context(sources, prompt.headed), question="Sky?"
+    )
     system = messages[0].text
-    assert "only the context" in system and answer.NOT_IN_CONTEXT in system and "[a.pdf p.2]" in system
+    assert (
+        "only the context" in system
+        and answer.NOT_IN_CONTEXT in system
+        and "(1) [a.pdf p.2]\nThe sky is green." in system
+    )
     assert messages[1].text == "Sky?"
+
+
+def test_extract_prompt_puts_the_best_passages_right_before_the_question():
+    sources = [{"source": "/d/a.pdf", "page": p, "text": f"Passage {p}."} for p in (1, 2, 3)]
+    prompt = PROMPTS["extract"]
+    given = sources[: prompt.passages]
+    messages = answer.make_prompt(prompt).format_messages(
+        context=answer.format_context(given, prompt.headed), question="Sky?"
+    )
+    assert "copied word for word" in messages[0].text and answer.NOT_IN_CONTEXT in messages[0].text
+    assert messages[1].text == "Context:\nPassage 1.\n\nPassage 2.\n\nQuestion: Sky?"
 
 
 def test_answer_with_the_local_model(indexed, tiny_model_dir):

@@ -101,3 +101,32 @@ def test_rerank_options_are_checked_at_load():
         RetrievalOptions(rerank="colbert")
     with pytest.raises(ConfigError, match="retrieval.rerank_model"):
         RetrievalOptions(rerank="cross-encoder")
+
+
+def test_coverage_prefers_the_passage_that_names_every_term_in_one_sentence():
+    question = "How does the parser report a missing closing bracket?"
+    candidates = [
+        Document("The parser reads the file. The parser is fast. The parser is small.", metadata={"chunk_id": "one"}),
+        Document("A missing closing bracket makes the parser report an error.", metadata={"chunk_id": "all"}),
+        Document("Brackets: a closing one may be missing. Reports are written later.", metadata={"chunk_id": "apart"}),
+    ]
+    order = rerank.by_coverage(question, candidates, RetrievalOptions(), TableEmbeddings())
+    assert [d.metadata["chunk_id"] for d in order] == ["all", "apart", "one"]
+
+
+def test_coverage_weighs_rare_terms_above_terms_every_candidate_has():
+    question = "Which option sets the timeout of the resolver?"
+    candidates = [
+        Document(
+            "Each option of the resolver is listed here; option names are case-sensitive.",
+            metadata={"chunk_id": "common"},
+        ),
+        Document("The timeout is the seconds before the resolver gives up.", metadata={"chunk_id": "rare"}),
+        Document("The resolver caches answers; every option has a default.", metadata={"chunk_id": "other"}),
+    ]
+    order = rerank.by_coverage(question, candidates, RetrievalOptions(), TableEmbeddings())
+    assert order[0].metadata["chunk_id"] == "rare"
+
+
+def test_coverage_keeps_the_fused_order_for_a_question_of_stopwords_only():
+    assert rerank.by_coverage("What is it?", docs("vague", "mixed"), RetrievalOptions(), TableEmbeddings()) is None
