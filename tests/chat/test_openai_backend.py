@@ -19,7 +19,7 @@ from langchain_core.prompts import ChatPromptTemplate
 
 from tasks.chat.backends import BACKENDS, ChatModelOptions, make_chat_model
 from tasks.chat.choices import Endpoint, endpoint_of, model_choices
-from tasks.chat.config import ChatAppConfig
+from tasks.chat.config import ChatAppConfig, ServerOptions
 from tasks.chat.history import ERROR_TITLE
 from tasks.chat.sampling import SamplingSettings
 from tasks.chat.service import ChatService
@@ -138,7 +138,12 @@ def test_the_api_key_comes_from_a_prefect_secret(prefect_harness):
 def test_the_chat_app_streams_from_the_server_and_names_a_down_one(llamacpp_server, chat_model_dir):
     served = Endpoint(llamacpp_server.alias, llamacpp_server.base_url)
     down = Endpoint("smollm2", f"http://127.0.0.1:{free_port()}/v1")
-    config = ChatAppConfig(models=[str(chat_model_dir)], endpoints=[served.choice, down.choice], list_registry=False)
+    config = ChatAppConfig(
+        server=ServerOptions(stream_interval_s=0),  # every token its own update, to see the stream
+        models=[str(chat_model_dir)],
+        endpoints=[served.choice, down.choice],
+        list_registry=False,
+    )
     assert model_choices(config) == [served.choice, down.choice, str(chat_model_dir)]
     assert endpoint_of(served.choice) == served and endpoint_of(str(chat_model_dir)) is None
     service = ChatService(config)
