@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        # Gloo's worker threads free a finished collective's tensors under the GIL, while
+        # destroy_process_group joins those threads holding it: with a free still pending the rank
+        # hangs at exit. The barrier waits out every earlier collective with the GIL released, and
+        # the pause lets a worker that just finished one take the GIL and free it.
+        dist.barrier()
+        time.sleep(0.2)
         dist.destroy_process_group()  # a clean exit: torchrun then sees every rank end at once
     return 0
 
