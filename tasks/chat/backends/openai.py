@@ -39,6 +39,13 @@ _clients: dict[str, tuple] = {}
 _clients_lock = threading.Lock()
 
 
+def request_timeout():
+    """Fail fast on a server that does not answer; no limit on a reply, which may take minutes."""
+    import httpx
+
+    return httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)
+
+
 def http_clients(base_url: str):
     """The process's shared (httpx.Client, httpx.AsyncClient) for the server at `base_url`."""
     import httpx
@@ -46,7 +53,7 @@ def http_clients(base_url: str):
     with _clients_lock:
         clients = _clients.get(base_url)
         if clients is None or clients[0].is_closed or clients[1].is_closed:
-            timeout = httpx.Timeout(None, connect=CONNECT_TIMEOUT_S)  # a long reply may take minutes
+            timeout = request_timeout()
             limits = httpx.Limits(max_keepalive_connections=NO_KEEPALIVE, max_connections=None)
             clients = _clients[base_url] = (
                 httpx.Client(timeout=timeout, limits=limits),
@@ -56,7 +63,6 @@ def http_clients(base_url: str):
 
 
 def make_openai_chat_model(options: ChatModelOptions) -> BaseChatModel:
-    import httpx
     from langchain_openai import ChatOpenAI  # its client is needed only when this backend is chosen
 
     sync_client, async_client = http_clients(options.base_url)
@@ -70,7 +76,7 @@ def make_openai_chat_model(options: ChatModelOptions) -> BaseChatModel:
         streaming=True,
         stream_usage=True,
         max_retries=0,
-        timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),  # a long reply may take minutes
+        timeout=request_timeout(),
         http_client=sync_client,
         http_async_client=async_client,
     )
