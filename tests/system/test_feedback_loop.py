@@ -6,7 +6,12 @@ model (right), both sampling 24 tokens among their 4 likeliest, and picks the re
 MARKER less often: the tiny model's commonest word piece, about 1.5 times in a reply (a tie when
 both contain it as often, about one prompt in four). Half the prompts with a pair are held out
 whole (at least 8 pairs); DPO from the champion learns the taste from the other half, and on the
-held-out pairs the new champion prefers the picked reply clearly more often than the old one did.
+held-out prompts the new champion's own replies, sampled as the app samples, contain MARKER at most
+a third as often as the old champion's.
+
+The held-out pairs' preference accuracy (chosen over rejected) is printed beside it, not asserted:
+it scores the replies' text tokenized anew, and on 8-14 pairs one pair is 7-12 points. Runs where
+the new champion never sampled MARKER again still scored 0.58 against 0.50 there.
 """
 
 from __future__ import annotations
@@ -102,6 +107,36 @@ def preference_accuracy(adapter_uri: str, rows: list[dict]) -> float:
 
     wins = [logp(r["prompt"], r["chosen"][0]["content"]) > logp(r["prompt"], r["rejected"][0]["content"]) for r in rows]
     return sum(wins) / len(wins)
+
+
+def sampled_marker_rate(adapter_uri: str, rows: list[dict], sampling, replies: int = 8) -> float:
+    """MARKER occurrences per reply the adapter's model writes to each row's prompt (its whole
+    conversation, as the app saw it), sampled `replies` times with the app's sampling settings."""
+    import torch
+
+    from tasks.chat.loading import load_chat_model
+    from tasks.core.models import chat_template_ids
+
+    loaded = load_chat_model(adapter_uri)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    torch.manual_seed(0)
+    found = 0
+    for row in rows:
+        prefix = torch.tensor([chat_template_ids(tokenizer, row["prompt"], add_generation_prompt=True)])
+        with torch.inference_mode():
+            out = model.generate(
+                prefix,
+                attention_mask=torch.ones_like(prefix),
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                max_new_tokens=sampling.max_new_tokens,
+                num_return_sequences=replies,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        found += sum(tokenizer.decode(seq[prefix.shape[1] :], skip_special_tokens=True).count(MARKER) for seq in out)
+    return found / (len(rows) * replies)
 
 
 @pytest.mark.slow
@@ -210,11 +245,15 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
 
     held_out = [json.loads(line) for line in Path(exported["eval_path"]).read_text().splitlines()]
     old, new = preference_accuracy(f"{registry}/1", held_out), preference_accuracy(f"{registry}/2", held_out)
+    old_rate = sampled_marker_rate(f"{registry}/1", held_out, config.sampling)
+    new_rate = sampled_marker_rate(f"{registry}/2", held_out, config.sampling)
     phase("accuracy")
     print(
         f"feedback loop: {len(PROMPTS)} prompts, picks {picked}, pairs {exported['pairs']} "
-        f"(train {exported['train_pairs']}, eval {exported['eval_pairs']}); held-out preference accuracy "
-        f"old champion {old:.2f}, new {new:.2f}; {time.monotonic() - started:.0f} s {phases}"
+        f"(train {exported['train_pairs']}, eval {exported['eval_pairs']}); held-out prompts: '{MARKER}' per "
+        f"sampled reply old champion {old_rate:.2f}, new {new_rate:.2f}; held-out preference accuracy "
+        f"old {old:.2f}, new {new:.2f}; {time.monotonic() - started:.0f} s {phases}"
     )
-    # Above the old champion by at least two of the users' held-out pairs, not by one lucky pair.
-    assert (new - old) * len(held_out) >= 2 - 1e-9, (old, new, len(held_out))
+    assert old_rate >= 0.5, f"the old champion rarely writes {MARKER!r} ({old_rate:.2f} a reply): no taste to learn"
+    # What users see: on prompts DPO never trained on, the disliked word piece is mostly gone.
+    assert new_rate <= old_rate / 3, (old_rate, new_rate)
