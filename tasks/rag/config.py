@@ -97,6 +97,11 @@ class ChunkOptions:
         help="character splitter only: where chunks may be cut "
         "(LangChain's default \\n\\n rarely occurs in PDF text: whole pages)",
     )
+    section_titles: bool = option(
+        True,
+        help="start each chunk with the title of the PDF outline section it is in (its bookmarks, two "
+        "levels: 'Chapter > Section'); a PDF without an outline is chunked as without it",
+    )
 
     def __post_init__(self) -> None:
         require(self.size >= 50, "chunk.size", f"must be at least 50 characters, got {self.size}")

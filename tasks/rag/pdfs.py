@@ -16,7 +16,7 @@ import os
 import re
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -59,12 +59,19 @@ class Page:
 
 
 @dataclass
+class Section:
+    page: int  # 1-based page its heading is on
+    title: str  # with its parent section's title in front: "2 ASN.1 structure handling > Naming"
+
+
+@dataclass
 class ExtractedPdf:
     source: str
     title: str
     pages: list[Page]  # pages with text only
     page_count: int  # all pages, with or without text
     sha256: str  # of the file's bytes: what "unchanged" means
+    sections: list[Section] = field(default_factory=list)  # the PDF's outline (bookmarks), in page order
 
 
 # --- sources ----------------------------------------------------------------------------------
@@ -233,18 +240,52 @@ def _page_texts(data: bytes, password: str | None, first: int, stop: int, reader
 
 
 def _texts_in_processes(data: bytes, password: str | None, page_count: int, processes: int) -> list[str]:
-    """pypdf is pure Python and holds the GIL: only processes extract pages side by side."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """pypdf is pure Python and holds the GIL: only processes extract pages side by side.
+
+    Each range of pages goes to a new interpreter (`python -m tasks.rag.pdfs`, the PDF and the
+    password on its stdin, never its command line), not to a fork: the indexer runs threads (other
+    documents' extraction, the embedding model's load) that may be importing a module at the moment
+    of a fork, and a forked child that then needs it (pypdf imports fontTools on first use) waits
+    for that import forever. A range whose worker fails is extracted here: the same text, slower."""
+    from concurrent.futures import ThreadPoolExecutor
 
     bounds = [page_count * i // processes for i in range(processes + 1)]
-    # fork, not spawn: a spawned child imports the caller's main module first (with `python -m
-    # flows.pdf_index`, Prefect and all), which costs more than the pages. The forked child runs
-    # only pypdf on bytes it was given (pypdf is imported by then); Python re-creates the import
-    # and logging locks in a forked child, so the caller's threads cannot leave them held.
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-        parts = [pool.submit(_page_texts, data, password, a, b) for a, b in itertools.pairwise(bounds)]
-        return [text for part in parts for text in part.result()]
+    with ThreadPoolExecutor(processes) as pool:
+        parts = [pool.submit(_texts_in_worker, data, password, a, b) for a, b in itertools.pairwise(bounds)]
+        texts = [part.result() for part in parts]
+    return [
+        text
+        for (first, stop), part in zip(itertools.pairwise(bounds), texts, strict=True)
+        for text in (part if part is not None else _page_texts(data, password, first, stop))
+    ]
+
+
+def _texts_in_worker(data: bytes, password: str | None, first: int, stop: int) -> list[str] | None:
+    """Pages [first, stop) extracted by a worker interpreter; None when it fails."""
+    import json
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[2])  # the project, for `-m tasks.rag.pdfs`
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    header = json.dumps({"first": first, "stop": stop, "password": password}).encode() + b"\n"
+    done = subprocess.run(
+        [sys.executable, "-m", "tasks.rag.pdfs"], input=header + data, capture_output=True, env=env, check=False
+    )
+    if done.returncode != 0:
+        return None
+    texts = json.loads(done.stdout)
+    return texts if isinstance(texts, list) and len(texts) == stop - first else None
+
+
+def _serve_pages() -> None:
+    """The worker: a JSON header line and the PDF's bytes on stdin; the pages' texts, as JSON, on stdout."""
+    import json
+    import sys
+
+    header = json.loads(sys.stdin.buffer.readline())
+    texts = _page_texts(sys.stdin.buffer.read(), header["password"], header["first"], header["stop"])
+    sys.stdout.write(json.dumps(texts))
 
 
 def extract_pdf(
@@ -266,6 +307,7 @@ def extract_pdf(
             texts = _page_texts(data, password, 0, page_count, reader)
         pages = [Page(number, text) for number, text in enumerate(texts, start=1) if text]
         title = _title(reader) or display_name(source)
+        sections = _sections(reader)
     except PdfError:
         raise
     except FileNotDecryptedError:
@@ -293,8 +335,38 @@ def extract_pdf(
             "(a scanned or image-only PDF; run OCR on it first)"
         )
     return ExtractedPdf(
-        source=source, title=title, pages=pages, page_count=page_count, sha256=hashlib.sha256(data).hexdigest()
+        source=source,
+        title=title,
+        pages=pages,
+        page_count=page_count,
+        sha256=hashlib.sha256(data).hexdigest(),
+        sections=sections,
     )
+
+
+def _sections(reader) -> list[Section]:
+    """The outline's entries in page order, each titled with its parent's title in front (two levels:
+    enough to say where a passage is, short enough to prefix a chunk); [] without a usable outline."""
+    sections: list[Section] = []
+
+    def walk(entries, parent: str) -> None:
+        last = parent
+        for entry in entries:
+            if isinstance(entry, list):  # the children of the entry before it
+                walk(entry, last)
+                continue
+            page = reader.get_destination_page_number(entry)
+            title = " ".join(clean_text(str(entry.title or "")).split())
+            if page is None or page < 0 or not title:
+                continue
+            last = title
+            sections.append(Section(page + 1, f"{parent} > {title}" if parent else title))
+
+    try:
+        walk(reader.outline, "")
+    except Exception:  # a malformed outline costs the titles, never the document
+        return []
+    return sorted(sections, key=lambda section: section.page)  # stable: the outline's order within a page
 
 
 def _title(reader) -> str:
@@ -303,3 +375,7 @@ def _title(reader) -> str:
     except Exception:  # a malformed info dictionary should not cost the document
         return ""
     return clean_text(str(title)) if title else ""
+
+
+if __name__ == "__main__":
+    _serve_pages()

@@ -24,6 +24,16 @@ def test_pages_split_between_processes_give_the_same_document(sample_data, monke
     assert [page.number for page in split.pages] == list(range(1, in_process.page_count + 1))
 
 
+def test_a_failed_worker_s_pages_are_extracted_in_the_indexing_process(sample_data, monkeypatch):
+    import sys
+
+    data = (sample_data / "pdfs" / "pdflatex-4-pages.pdf").read_bytes()
+    in_process = pdfs.extract_pdf(data, "p.pdf", processes=1)
+    monkeypatch.setattr(pdfs, "PAGES_PER_PROCESS", 1)
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # every worker exits with status 1
+    assert pdfs.extract_pdf(data, "p.pdf", processes=2) == in_process
+
+
 def test_a_short_pdf_stays_in_the_indexing_process(sample_data, monkeypatch):
     monkeypatch.setattr(pdfs, "_texts_in_processes", lambda *a: pytest.fail("started processes for 4 pages"))
     data = (sample_data / "pdfs" / "pdflatex-4-pages.pdf").read_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -54,6 +55,38 @@ def test_chunk_options_are_checked():
         load_config(PdfIndexConfig, CONFIG, ["chunk.sise=100"])
     with pytest.raises(ConfigError, match="store.read_consistency"):
         load_config(PdfIndexConfig, CONFIG, ["store.read_consistency=eventually"])
+
+
+def test_section_titles_come_from_the_outline_and_lead_their_chunks(sample_data):
+    path = sample_data / "pdfs" / "pdflatex-outline.pdf"
+    doc = pdfs.extract_pdf(path.read_bytes(), str(path))
+    assert [(s.page, s.title) for s in doc.sections] == [
+        (2, "Foo"), (2, "Bar"), (2, "Baz"), (2, "Foo"), (3, "Bar"), (3, "Baz"), (3, "Foo"), (4, "Bar"), (4, "Baz")
+    ]  # fmt: skip
+    plain = chunking.chunk_document(doc, ChunkOptions(size=300, overlap=50, section_titles=False))
+    titled = chunking.chunk_document(doc, ChunkOptions(size=300, overlap=50, section_titles=True))
+    assert [c.metadata for c in titled] == [c.metadata for c in plain]  # same chunks, same ids and pages
+    # Each section's heading ("3 Baz") is followed by chunks that name it, until the next heading.
+    current, checked = None, 0
+    for plain_chunk, titled_chunk in zip(plain, titled, strict=True):
+        text = plain_chunk.page_content
+        heading = next(iter(re.findall(r"^\d (Foo|Bar|Baz)$", text[:40], re.MULTILINE)), None)
+        if plain_chunk.metadata["page"] == 1:  # the table of contents: before any section
+            assert titled_chunk.page_content == text
+        elif heading:  # a chunk that starts with its heading is not given the title again
+            current = heading
+            assert titled_chunk.page_content == text
+        elif current:
+            assert titled_chunk.page_content == f"{current}\n{text}"
+            checked += 1
+        current = (re.findall(r"^\d (Foo|Bar|Baz)$", text, re.MULTILINE) or [current])[-1]
+    assert checked > 20
+
+    no_outline = pdfs.extract_pdf((sample_data / "pdfs" / "multicolumn.pdf").read_bytes(), "multicolumn.pdf")
+    assert no_outline.sections == []
+    assert chunking.chunk_document(no_outline, ChunkOptions(section_titles=True)) == chunking.chunk_document(
+        no_outline, ChunkOptions(section_titles=False)
+    )
 
 
 def test_keyword_terms_drop_stopwords_and_match_inflections():
