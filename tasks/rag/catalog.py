@@ -77,7 +77,7 @@ class Catalog:
         self.engine = open_engine(url)
         self.keywords = KEYWORD_INDEXES[self.engine.dialect.name]()
         with self.engine.begin() as db:
-            self.keywords.create(db)
+            self.keywords.create(db, namespace)
             db.execute(
                 text(
                     "CREATE TABLE IF NOT EXISTS documents ("

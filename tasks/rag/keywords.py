@@ -80,18 +80,43 @@ def _rows(namespace: str, source: str, chunks: list[Document]) -> list[dict]:
 
 
 class Fts5Keywords:
-    """SQLite FTS5 with BM25 ranking: porter stemming over unicode61 without diacritics."""
+    """SQLite FTS5 with BM25 ranking: porter stemming over unicode61 without diacritics.
 
-    def create(self, db: Connection) -> None:
+    One FTS5 table per namespace (collection): FTS5 computes BM25's statistics (how rare a term is,
+    the mean chunk length) over its whole table, so collections sharing a table would change each
+    other's rankings."""
+
+    LEGACY_TABLE = "chunks_fts"  # every namespace in one table, as record stores written before hold it
+
+    @staticmethod
+    def table(namespace: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,200}", namespace):  # store.collection's own rule
+            raise ValueError(f"not a collection name: {namespace!r}")
+        return f"chunks_fts_{namespace}"
+
+    def create(self, db: Connection, namespace: str) -> None:
         from sqlalchemy import text
 
+        table = self.table(namespace)
         db.execute(
             text(
-                "CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5("
-                "text, namespace UNINDEXED, source UNINDEXED, page UNINDEXED, title UNINDEXED, "
-                "chunk_id UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2')"
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} USING fts5("
+                "text, source UNINDEXED, page UNINDEXED, title UNINDEXED, chunk_id UNINDEXED, "
+                "tokenize = 'porter unicode61 remove_diacritics 2')"
             )
         )
+        legacy = db.execute(
+            text("SELECT 1 FROM sqlite_master WHERE type='table' AND name=:name"), {"name": self.LEGACY_TABLE}
+        ).first()
+        if legacy:  # this namespace's rows move to its own table, once
+            db.execute(
+                text(
+                    f"INSERT INTO {table}(text, source, page, title, chunk_id) "
+                    f"SELECT text, source, page, title, chunk_id FROM {self.LEGACY_TABLE} WHERE namespace=:ns"
+                ),
+                {"ns": namespace},
+            )
+            db.execute(text(f"DELETE FROM {self.LEGACY_TABLE} WHERE namespace=:ns"), {"ns": namespace})
 
     def replace(self, db: Connection, namespace: str, source: str, chunks: list[Document]) -> None:
         from sqlalchemy import text
@@ -100,8 +125,8 @@ class Fts5Keywords:
         if chunks:
             db.execute(
                 text(
-                    "INSERT INTO chunks_fts(text, namespace, source, page, title, chunk_id) "
-                    "VALUES (:text, :namespace, :source, :page, :title, :chunk_id)"
+                    f"INSERT INTO {self.table(namespace)}(text, source, page, title, chunk_id) "
+                    "VALUES (:text, :source, :page, :title, :chunk_id)"
                 ),
                 _rows(namespace, source, chunks),
             )
@@ -109,9 +134,7 @@ class Fts5Keywords:
     def remove(self, db: Connection, namespace: str, source: str) -> None:
         from sqlalchemy import text
 
-        db.execute(
-            text("DELETE FROM chunks_fts WHERE namespace=:ns AND source=:source"), {"ns": namespace, "source": source}
-        )
+        db.execute(text(f"DELETE FROM {self.table(namespace)} WHERE source=:source"), {"source": source})
 
     def search(self, db: Connection, namespace: str, query: str, k: int) -> list[tuple[Document, float]]:
         """BM25 top-k (FTS5's bm25(), negated so that higher is better); any query term may match."""
@@ -120,12 +143,13 @@ class Fts5Keywords:
         terms = keyword_terms(query)
         if not terms:
             return []
+        table = self.table(namespace)
         rows = db.execute(
             text(
-                "SELECT text, source, page, title, chunk_id, bm25(chunks_fts) FROM chunks_fts "
-                "WHERE chunks_fts MATCH :match AND namespace=:ns ORDER BY bm25(chunks_fts) LIMIT :k"
+                f"SELECT text, source, page, title, chunk_id, bm25({table}) FROM {table} "
+                f"WHERE {table} MATCH :match ORDER BY bm25({table}) LIMIT :k"
             ),
-            {"match": " OR ".join(terms), "ns": namespace, "k": k},
+            {"match": " OR ".join(terms), "k": k},
         )
         return [(_document(*row[:5]), -float(row[5])) for row in rows]
 
@@ -136,7 +160,8 @@ class PostgresKeywords:
 
     VECTOR = "to_tsvector('english', unaccent(:text))"
 
-    def create(self, db: Connection) -> None:
+    def create(self, db: Connection, namespace: str) -> None:
+        """One table for every namespace: ts_rank_cd scores a chunk alone, with no statistics over the table."""
         from sqlalchemy import text
 
         # Indexers starting together would race on CREATE ... IF NOT EXISTS: one at a time.

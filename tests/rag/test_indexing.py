@@ -95,6 +95,51 @@ def test_keyword_terms_drop_stopwords_and_match_inflections():
     assert keywords.keyword_terms("the of and") == []
 
 
+def keyword_chunks(source: str, texts: list[str]):
+    from langchain_core.documents import Document
+
+    return [
+        Document(page_content=t, metadata={"page": 1, "title": source, "chunk_id": f"{source}:c{i}"})
+        for i, t in enumerate(texts)
+    ]
+
+
+def test_each_collection_ranks_keywords_over_its_own_chunks_only(tmp_path):
+    url = f"sqlite:///{tmp_path / 'records.db'}"
+    papers, manuals = Catalog(url, "papers"), Catalog(url, "manuals")
+    papers.complete("a.pdf", "f", 1, keyword_chunks("a.pdf", ["compact spaces are closed", "metric spaces"]))
+    before = papers.keyword_search("compact spaces", 5)
+    # Another collection in the same record store, full of one of the words: BM25 here stays as it was.
+    manuals.complete("m.pdf", "f", 1, keyword_chunks("m.pdf", [f"spaces and tabs {i}" for i in range(50)]))
+    after = papers.keyword_search("compact spaces", 5)
+    assert [(d.metadata["chunk_id"], score) for d, score in after] == [
+        (d.metadata["chunk_id"], score) for d, score in before
+    ]
+    assert {d.metadata["source"] for d, _ in manuals.keyword_search("spaces", 100)} == {"m.pdf"}
+    assert len(manuals.keyword_search("spaces", 100)) == 50
+
+
+def test_a_record_store_with_one_shared_keyword_table_is_moved_to_per_collection_tables(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "records.db"
+    with sqlite3.connect(path) as db:  # the layout record stores written before had
+        db.execute(
+            "CREATE VIRTUAL TABLE chunks_fts USING fts5(text, namespace UNINDEXED, source UNINDEXED, "
+            "page UNINDEXED, title UNINDEXED, chunk_id UNINDEXED, tokenize = 'porter unicode61 remove_diacritics 2')"
+        )
+        db.executemany(
+            "INSERT INTO chunks_fts VALUES (?, ?, ?, 1, 't', ?)",
+            [("compact spaces", "papers", "a.pdf", "a:c0"), ("spaces and tabs", "manuals", "m.pdf", "m:c0")],
+        )
+    papers = Catalog(f"sqlite:///{path}", "papers")
+    assert [d.metadata["chunk_id"] for d, _ in papers.keyword_search("spaces", 5)] == ["a:c0"]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT namespace FROM chunks_fts").fetchall() == [("manuals",)]  # moved once
+    manuals = Catalog(f"sqlite:///{path}", "manuals")
+    assert [d.metadata["chunk_id"] for d, _ in manuals.keyword_search("spaces", 5)] == ["m:c0"]
+
+
 def test_fingerprint_changes_with_file_chunking_and_model():
     chunk, embed = ChunkOptions(), EmbeddingOptions()
     base = indexing.fingerprint("aa", chunk, embed)
