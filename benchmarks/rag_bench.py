@@ -78,17 +78,23 @@ INDEX_SETUPS = (
 )
 SAMPLE_PDFS = ROOT / "tests" / "data" / "pdfs"  # the small documents of benchmarks/qa/small-docs.jsonl
 
+# Each collection keeps its own record store: SQLite FTS5 computes BM25's statistics over its whole
+# table, so chunks of another collection in the same store would change this one's keyword ranking.
+# ({data}: the run's FTLLM_DATA_DIR)
+ORIGINAL = ["store.collection=original", "store.records={data}/original-records.db"]
+ORIGINAL_TUNED = ["store.collection=original_tuned", "store.records={data}/original-tuned-records.db"]
 PIPELINES = {
     # name: (pdf-index overrides, rag overrides)
     "original (CharacterTextSplitter default \\n\\n, 1000/200, vectors)": (
         [
-            "store.collection=original",
+            *ORIGINAL,
             "chunk.splitter=character",
             'chunk.separator="\\n\\n"',
             "chunk.size=1000",
             "chunk.overlap=200",
+            "chunk.section_titles=false",
         ],
-        ["store.collection=original", "retrieval.mode=vector"],
+        [*ORIGINAL, "retrieval.mode=vector"],
     ),
     "ours (recursive 600/100, hybrid BM25 + vectors)": ([], ["retrieval.rerank=none"]),
     # Same index as "ours" (not indexed again), re-ranked at query time; coverage is the default.
@@ -96,13 +102,14 @@ PIPELINES = {
     "ours + best-sentence re-ranking (retrieval.rerank=sentences)": ([], ["retrieval.rerank=sentences"]),
     "original, tuned sizes (separator \\n, 1000/200, vectors)": (
         [
-            "store.collection=original_tuned",
+            *ORIGINAL_TUNED,
             "chunk.splitter=character",
             'chunk.separator="\\n"',
             "chunk.size=1000",
             "chunk.overlap=200",
+            "chunk.section_titles=false",
         ],
-        ["store.collection=original_tuned", "retrieval.mode=vector"],
+        [*ORIGINAL_TUNED, "retrieval.mode=vector"],
     ),
 }
 # Answer accuracy on held-out questions, default retrieval, each way of prompting the model
@@ -279,7 +286,8 @@ def measure_quality(question_sets: dict, geotopo: str, names: list[str], results
     results["corpus"] = [Path(p).name for p in corpus]
     quality = results.setdefault("quality", {})
     for name in names:
-        index_overrides, rag_overrides = PIPELINES[name]
+        data = os.environ["FTLLM_DATA_DIR"]
+        index_overrides, rag_overrides = ([o.format(data=data) for o in part] for part in PIPELINES[name])
         started = time.perf_counter()
         if tuple(index_overrides) not in INDEXED:  # the re-ranked rows read the index "ours" wrote
             # A Milvus Lite file serves one client: retrieval lets go of it before the flow writes.
