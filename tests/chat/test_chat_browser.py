@@ -119,13 +119,21 @@ def set_slider(page, elem_id: str, value: float) -> None:
     page.wait_for_function(shown)
 
 
-def generation_log(page) -> list[dict]:
-    """The session's generation log, as the app's debug panel shows it."""
+def generation_log(page, until=None, limit_s: float = 30) -> list[dict]:
+    """The session's generation log, as the app's debug panel shows it; with `until`, once the log
+    satisfies it (or `limit_s` passed): the panel is updated when a turn's last event reaches the
+    page, which can be after its reply text shows."""
     box = page.locator("#generation-log-box")
     if not page.locator("#generation-log textarea").is_visible():
         box.locator("button").first.click()
-    page.locator("#generation-log textarea").wait_for(state="visible")
-    return json.loads(page.locator("#generation-log textarea").input_value())
+    textarea = page.locator("#generation-log textarea")
+    textarea.wait_for(state="visible")
+    deadline = time.monotonic() + limit_s
+    while True:
+        log = json.loads(textarea.input_value())
+        if until is None or until(log) or time.monotonic() >= deadline:
+            return log
+        time.sleep(0.1)
 
 
 def generate_threads(model: str) -> list[threading.Thread]:
@@ -169,7 +177,7 @@ def test_reply_streams_in_and_stop_ends_the_generation(page, chat_server):
     assert not generate_threads(chat_server.slow), "Stop did not end the generation thread"
     stopped_text = wait_until_idle(page, quiet_s=1.5)
     assert stopped_text.strip()
-    log = generation_log(page)
+    log = generation_log(page, until=lambda log: any(e.get("status") == "stopped" for e in log))
     # The long reply's own entry (found by its settings, not its position in the log) says it was stopped.
     long_replies = [e for e in log if e.get("settings", {}).get("max_new_tokens") == 2000]
     assert len(long_replies) == 1 and long_replies[0]["status"] == "stopped", json.dumps(log, indent=1)
@@ -195,7 +203,7 @@ def test_a_moved_slider_reaches_generation(page, chat_server):
     wait_for_bot_count(page, 1)
     reply = wait_until_idle(page, quiet_s=0.5)
     assert reply.strip() in single_tokens, f"{reply!r} is longer than one token"
-    entry = generation_log(page)[-1]
+    entry = generation_log(page, until=lambda log: log and log[-1].get("status") == "done")[-1]
     assert entry["settings"]["max_new_tokens"] == 1 and entry["settings"]["temperature"] == 0.0
     assert entry["model"] == chat_server.tiny and entry["status"] == "done"
 
@@ -209,7 +217,7 @@ def test_switching_models_and_a_model_that_fails_to_load(page, chat_server):
     send(page, "Hello again")
     page.wait_for_function("""() => [...document.querySelectorAll('#chat-a [data-testid="bot"]')]
                               .some(el => !el.innerText.includes('Could not load') && el.innerText.trim())""")
-    log = generation_log(page)
+    log = generation_log(page, until=lambda log: len(log) >= 2 and log[-1].get("status") == "done")
     assert [(e["model"], e["status"]) for e in log] == [(chat_server.broken, "load-failed"), (chat_server.tiny, "done")]
     page.click("#clear")
     page.wait_for_function("""() => document.querySelectorAll('#chat-a [data-testid="bot"]').length === 0""")
@@ -225,7 +233,7 @@ def test_compare_mode_streams_two_replies_side_by_side(page, chat_server):
     wait_for_bot_count(page, 1, "#chat-a")
     wait_for_bot_count(page, 1, "#chat-b")
     assert wait_until_idle(page, "#chat-a").strip() and wait_until_idle(page, "#chat-b").strip()
-    models = {e["model"] for e in generation_log(page)}
+    models = {e["model"] for e in generation_log(page, until=lambda log: len({e["model"] for e in log}) >= 2)}
     assert models == {chat_server.tiny, chat_server.slow}
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat-browser-compare.png"), full_page=True)
@@ -243,7 +251,7 @@ def test_two_browser_sessions_never_see_each_others_history(browser, chat_server
         assert "bob-note-4410" not in alice.locator("#chat-a").inner_text()
         assert "bob-note-4410" in bob.locator("#chat-a").inner_text()
         assert "alice-secret-7731" not in bob.locator("#chat-a").inner_text()
-        assert [e["model"] for e in generation_log(alice)] == [chat_server.tiny]
+        assert [e["model"] for e in generation_log(alice, until=lambda log: len(log) >= 1)] == [chat_server.tiny]
         ARTIFACTS.mkdir(exist_ok=True)
         alice.screenshot(path=str(ARTIFACTS / "chat-browser.png"), full_page=True)
     finally:

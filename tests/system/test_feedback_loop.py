@@ -235,7 +235,8 @@ def test_votes_become_a_champion_the_running_app_serves(browser, chat_model_dir,
         send(page, "Show the color grey.")
         wait_for_bot_count(page, 1, "#chat-a")
         assert wait_until_idle(page, "#chat-a", 0.3).strip()
-        assert generation_log(page)[-1]["served"] == f"{registry}/2"
+        served = generation_log(page, until=lambda log: log and log[-1].get("status") == "done")[-1]
+        assert served["served"] == f"{registry}/2"
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "feedback-loop.png"), full_page=True)
         phase("reload")
