@@ -285,8 +285,8 @@ def measure_quality(question_sets: dict, geotopo: str, names: list[str], results
     corpus = sorted({p for _, paths in files.values() for p in paths} | {geotopo})
     results["corpus"] = [Path(p).name for p in corpus]
     quality = results.setdefault("quality", {})
+    data = os.environ["FTLLM_DATA_DIR"]
     for name in names:
-        data = os.environ["FTLLM_DATA_DIR"]
         index_overrides, rag_overrides = ([o.format(data=data) for o in part] for part in PIPELINES[name])
         started = time.perf_counter()
         if tuple(index_overrides) not in INDEXED:  # the re-ranked rows read the index "ours" wrote

@@ -22,21 +22,20 @@ def chunk_id(source: str, page: int, index: int) -> str:
 HEADING_LOOKAHEAD = 40
 
 
-def section_starts(page: Page, sections: list[Section]) -> tuple[list[int], list[str]]:
-    """Where on `page` each section runs from (character offsets, ascending) and its title: the
-    section still open from earlier pages at 0, then each heading on this page where its title is
+def section_starts(page: Page, sections: list[Section]) -> tuple[list[int], list[Section]]:
+    """Where on `page` each section runs from (character offsets, ascending), and the sections: the
+    one still open from earlier pages at 0, then each one headed on this page where its heading is
     found in the text (from the end of the page when pypdf's text does not show it)."""
     earlier = [s for s in sections if s.page < page.number]
-    offsets, titles = ([0], [earlier[-1].title]) if earlier else ([], [])
+    offsets, starting = ([0], [earlier[-1]]) if earlier else ([], [])
     for section in (s for s in sections if s.page == page.number):
-        heading = section.title.rsplit(" > ", 1)[-1]
-        words = [re.escape(w) for w in heading.split()[:8]]
+        words = [re.escape(w) for w in section.heading.split()[:8]]
         after = offsets[-1] + 1 if offsets else 0  # in the outline's order: a repeated title is the next one
         pattern = r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
         found = re.compile(pattern, re.IGNORECASE).search(page.text, after) if words else None
         offsets.append(found.start() if found else len(page.text))  # not in the text: from the next page on
-        titles.append(section.title)
-    return offsets, titles
+        starting.append(section)
+    return offsets, starting
 
 
 def chunk_document(doc: ExtractedPdf, options: ChunkOptions) -> list[Document]:
@@ -46,7 +45,7 @@ def chunk_document(doc: ExtractedPdf, options: ChunkOptions) -> list[Document]:
     splitter = make_splitter(options)
     chunks = []
     for page in doc.pages:
-        offsets, titles = section_starts(page, doc.sections) if options.section_titles else ([], [])
+        offsets, starting = section_starts(page, doc.sections) if options.section_titles else ([], [])
         cursor = 0
         for index, text in enumerate(t.strip() for t in splitter.split_text(page.text)):
             if not text:
@@ -54,10 +53,8 @@ def chunk_document(doc: ExtractedPdf, options: ChunkOptions) -> list[Document]:
             found = page.text.find(text, cursor)
             cursor = found if found >= 0 else cursor
             at = bisect.bisect_right(offsets, cursor + HEADING_LOOKAHEAD) - 1
-            if at >= 0:
-                title = titles[at]
-                if title.rsplit(" > ", 1)[-1].lower() not in text[:200].lower():
-                    text = f"{title}\n{text}"
+            if at >= 0 and starting[at].heading.lower() not in text[:200].lower():
+                text = f"{starting[at].title}\n{text}"
             chunks.append(
                 Document(
                     page_content=text,

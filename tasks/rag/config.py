@@ -6,7 +6,6 @@ between the two: the index is read with the options it was written with.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -15,7 +14,7 @@ from sqlalchemy.engine import make_url
 from tasks.chat import ChatModelOptions
 from tasks.core.config import option, require
 from tasks.rag.catalog import shown_url
-from tasks.rag.keywords import KEYWORD_INDEXES
+from tasks.rag.keywords import COLLECTION_NAME, KEYWORD_INDEXES
 from tasks.rag.pdfs import FetchOptions, PdfError, display_name
 from tasks.rag.prompts import DEFAULT_PROMPT, PROMPTS
 from tasks.rag.rerank import RERANKERS
@@ -67,7 +66,7 @@ class StoreOptions:
 
     def __post_init__(self) -> None:
         require(
-            bool(re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,200}", self.collection)),
+            bool(COLLECTION_NAME.fullmatch(self.collection)),
             "store.collection",
             f"must be letters, digits and underscores starting with a letter, got {self.collection!r}",
         )

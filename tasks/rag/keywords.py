@@ -79,6 +79,10 @@ def _rows(namespace: str, source: str, chunks: list[Document]) -> list[dict]:
     ]
 
 
+# What `store.collection` (a catalog's namespace) may be: letters, digits and underscores after a letter.
+COLLECTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,200}")
+
+
 class Fts5Keywords:
     """SQLite FTS5 with BM25 ranking: porter stemming over unicode61 without diacritics.
 
@@ -90,7 +94,7 @@ class Fts5Keywords:
 
     @staticmethod
     def table(namespace: str) -> str:
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,200}", namespace):  # store.collection's own rule
+        if not COLLECTION_NAME.fullmatch(namespace):  # it becomes part of an SQL table name
             raise ValueError(f"not a collection name: {namespace!r}")
         return f"chunks_fts_{namespace}"
 

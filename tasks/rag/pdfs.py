@@ -63,6 +63,11 @@ class Section:
     page: int  # 1-based page its heading is on
     title: str  # with its parent section's title in front: "2 ASN.1 structure handling > Naming"
 
+    @property
+    def heading(self) -> str:
+        """The section's own title, as its heading on the page shows it: "Naming"."""
+        return self.title.rsplit(" > ", 1)[-1]
+
 
 @dataclass
 class ExtractedPdf:
