@@ -105,7 +105,7 @@ def gguf_file(name: str, key: str = "model.name") -> Path:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -139,7 +139,7 @@ def resolve_model_path(name: str) -> str:
     if is_pypi_model(name):
         spec, gguf = _pypi_file(name)
         target = model_cache_dir() / spec.replace("/", "--")
-        with _file_lock(target.with_name(target.name + ".lock")):
+        with file_lock(target.with_name(target.name + ".lock")):
             if not (target / "config.json").is_file():
                 _convert_gguf(gguf, target)
         return str(target)

