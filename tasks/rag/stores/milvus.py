@@ -10,6 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Imported with this module, before any flow run starts, not when the store first opens: pymilvus
+# configures logging on import (logging.config.dictConfig), which flushes every installed handler
+# while holding logging's lock. Inside a flow run, Prefect's API log handler then waits out its 5 s
+# flush timeout for a worker that needs that same lock: 5 s lost in every run that opens the store.
+from pymilvus.exceptions import MilvusException
+
 from tasks.core.config import data_dir, require
 from tasks.rag.stores.base import OpenStore, StoreKind, StoreUnavailable, is_server_uri, server_records, token
 
@@ -56,8 +62,6 @@ def default_records(options: StoreOptions) -> Path:
 
 
 def open_milvus(options: StoreOptions, embeddings: Embeddings) -> OpenStore:
-    from pymilvus.exceptions import MilvusException
-
     where = location(options)
     server = is_server_uri(where)
     connection: dict[str, Any] = {"uri": where}
@@ -112,8 +116,6 @@ def _idempotent_milvus():
         """
 
         def add_documents(self, documents: list[Document], **kwargs: Any) -> list[str]:
-            from pymilvus.exceptions import MilvusException
-
             ids = kwargs.get("ids")
             if ids and self.client.has_collection(self.collection_name):
                 return self._upsert(list(ids), documents)
