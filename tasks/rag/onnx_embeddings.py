@@ -95,6 +95,7 @@ def exported_model(model: str) -> Path:
             shutil.rmtree(partial, ignore_errors=True)
             partial.mkdir(parents=True)
             _export(folder, partial, *layout)
+            shutil.rmtree(target, ignore_errors=True)  # what an older layout of the cache left
             partial.rename(target)  # atomic: a crash mid-export never leaves half a model in use
     return target
 
@@ -152,7 +153,7 @@ class OnnxEmbeddings(Embeddings):
     """LangChain's `Embeddings` over a sentence-transformers model exported to ONNX, normalized
     (cosine = dot product), on the CPU. Threads: $OMP_NUM_THREADS, else onnxruntime's default."""
 
-    def __init__(self, model_path: str, batch_size: int = 64):
+    def __init__(self, model_path: str, batch_size: int = 16):
         self.model_path, self.batch_size = model_path, batch_size
         self._session = None
         self._lock = threading.Lock()  # one encode at a time: the session already uses every core
