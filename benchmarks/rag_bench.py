@@ -30,8 +30,8 @@ documents fall back to their copies in tests/data/pdfs.
 
 Parts 1, 3 and 4 go to benchmarks/results/rag_index.json and .md, part 2 to rag_bench.json and .md.
 Everything runs in a fresh FTLLM_DATA_DIR; converted models (the ONNX export, the GGUF answer
-model) in one FTLLM_MODEL_CACHE for the whole run, as a user's machine keeps them. `--parts quality` runs part 2 alone;
-`--parts index,cold,latency` the speed parts. PDFs from Debian packages (apt-get install ...):
+model) in one FTLLM_MODEL_CACHE for the whole run, as a user's machine keeps them. `--parts
+quality` runs part 2 alone; `--parts index,cold,latency` the speed parts. PDFs from Debian packages (apt-get install ...):
 libtasn1.pdf (GNU Libtasn1 manual) from libtasn1-doc; shared-mime-info-spec.pdf (freedesktop.org
 specification) from shared-mime-info; cnfsat.pdf (GLPK's CNF-SAT note, maths) and gmpl_es.pdf (the
 GNU MathProg manual in Spanish) from glpk-doc.
@@ -382,8 +382,6 @@ def measure_latency(questions: list[str], count: int) -> dict:
     return latency
 
 
-# The earlier import chain, emulated: torch imported before the command (tasks.rag.config reached it
-# through tasks.chat -> tasks.publishing.card -> tasks.core.models).
 # The default embedding model exported to ONNX (what the first use of embeddings.runtime=onnx on a
 # machine does), in a process of its own.
 EXPORT = """

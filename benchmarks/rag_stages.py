@@ -93,10 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.embed_child:
         print(embed_chunks(*args.embed_child))
         return 0
+    parts = args.parts.split(",")
+    if unknown := sorted(set(parts) - {"extract", "load", "embed"}):
+        parser.error(f"--parts: unknown {', '.join(unknown)}; choose from extract, load, embed")
     import tasks  # noqa: F401
     from tasks.rag import pdfs
 
-    parts = args.parts.split(",")
     pdf = str(bench_data.data_file(bench_data.data_folder(args.data) / "pdfs", "GeoTopo-komprimiert.pdf"))
     data = Path(pdf).read_bytes()
     kept_file = RESULTS / "rag_stages.json"

@@ -70,15 +70,13 @@ def read_layout(folder: Path) -> tuple[str, int | None, bool]:
     pooling = "mean"
     if modules:
         pooling_config = json.loads((folder / modules[1]["path"] / "config.json").read_text())
-        modes = [mode for key, mode in POOLING_MODES.items() if pooling_config.get(key)]
-        others = [k for k, v in pooling_config.items() if k.startswith("pooling_mode") and v and k not in POOLING_MODES]
-        if len(modes) != 1 or others:
+        active = sorted(key for key, on in pooling_config.items() if key.startswith("pooling_mode") and on)
+        if len(active) != 1 or active[0] not in POOLING_MODES:
             raise UnsupportedModel(
                 f"embeddings.runtime=onnx pools by mean, cls or max tokens, one of them; {folder.name}'s pooling "
-                f"is {sorted(k for k, v in pooling_config.items() if k.startswith('pooling_mode') and v)}: "
-                "set embeddings.runtime=torch"
+                f"is {active}: set embeddings.runtime=torch"
             )
-        pooling = modes[0]
+        pooling = POOLING_MODES[active[0]]
     settings_file = folder / "sentence_bert_config.json"
     settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
     return pooling, settings.get("max_seq_length"), bool(settings.get("do_lower_case", False))
